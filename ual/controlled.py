@@ -353,7 +353,7 @@ def answer_as_written(text: str, protocol: str) -> str | None:
 def score_controlled(model: Any, eval_records: Sequence[Record], spec: dict, out_dir: str | Path, *,
                      adapter: str | None = None, template: str = "chat", batch_size: int = 8, k_samples: int = 16,
                      temperature: float = 1.0, max_new_tokens_low: int = 128, max_new_tokens_high: int = 24,
-                     seed: int = 1337, dtype: str = "float32", items_per_chunk: int = 4,
+                     seed: int = 1337, dtype: str = "float32", items_per_chunk: int = 16,
                      answer_batch_size: int = 64, progress: bool = True) -> Path:
     """Run the model parts of the benchmark and write ``out_dir/scores.jsonl`` (one row per eval item).
 

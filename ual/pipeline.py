@@ -25,6 +25,7 @@ from typing import Any
 
 from ual.config import build_config, load_yaml, parse_override
 from ual.errors import InputError
+from ual.resources import PeakRSS
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -225,13 +226,16 @@ def run(profile: ResolvedProfile, *, runs_root: str | Path = "runs", from_stage:
         status[stage] = {"status": "running", "started": now_iso(), "fingerprint": fps[stage],
                          "notebook": str(out_nb)}
         update_manifest(manifest_path, stages=status)
+        peak = PeakRSS()
         try:
-            pm.execute_notebook(str(NOTEBOOKS / NOTEBOOK_OF[stage]), str(out_nb),
-                                parameters={"run_dir": str(run_dir), **profile.params(stage)},
-                                # Relative paths in a profile resolve against where the run was started.
-                                kernel_name=kernel, progress_bar=progress, cwd=str(Path.cwd()))
+            with peak:
+                pm.execute_notebook(str(NOTEBOOKS / NOTEBOOK_OF[stage]), str(out_nb),
+                                    parameters={"run_dir": str(run_dir), **profile.params(stage)},
+                                    # Relative paths in a profile resolve against where the run was started.
+                                    kernel_name=kernel, progress_bar=progress, cwd=str(Path.cwd()))
         except BaseException as e:
             status[stage].update(status="failed", finished=now_iso(), seconds=round(time.time() - t0, 1),
+                                 peak_rss_gib=peak.peak_gib,
                                  error=f"{type(e).__name__}: {str(e)[-2000:]}")
             # Stages after a failed one are stale.
             for later in STAGES[i + 1:]:
@@ -239,7 +243,8 @@ def run(profile: ResolvedProfile, *, runs_root: str | Path = "runs", from_stage:
                     status[later]["status"] = "stale"
             update_manifest(manifest_path, stages=status)
             raise StageFailed(stage, out_nb, profile, e) from None
-        status[stage].update(status="complete", finished=now_iso(), seconds=round(time.time() - t0, 1))
+        status[stage].update(status="complete", finished=now_iso(), seconds=round(time.time() - t0, 1),
+                             peak_rss_gib=peak.peak_gib)
         for later in STAGES[i + 1:]:
             if later in status and status[later].get("fingerprint") != fps[later]:
                 status[later]["status"] = "stale"
