@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "judge": ("ual.evaluate.judge", "pairwise judge of model outputs vs reference outputs (AlpacaEval format)"),
     "controlled-data": ("ual.controlled", "generate the controlled mixed-entropy benchmark from a seed"),
     "controlled-metrics": ("ual.controlled", "controlled-benchmark metrics from a saved scores.jsonl and spec.json"),
+    "stats": ("ual.bootstrap", "paired-bootstrap confidence intervals per method and UAL - SFT / UAL - LS differences"),
 }
 
 

@@ -181,11 +181,44 @@ def clustering_distribution(run_dir, out=None, dpi=150):
     return _save(fig, out, dpi)
 
 
+def paired_differences(run_dir, out=None, dpi=150, max_panels: int = 12, n_boot: int = 2000):
+    """Paired differences (UAL - SFT, UAL - LS, LS - SFT) per metric with 95% bootstrap intervals over items
+    pooled over seeds (``ual.bootstrap``), signed so that right of zero means the first method is better."""
+    from ual.bootstrap import bootstrap_table
+
+    diffs = [r for r in bootstrap_table(run_dir, n_boot=n_boot)["differences"] if not math.isnan(r["estimate"])]
+    if not diffs:
+        raise FileNotFoundError(f"{run_dir}: no per-item results of two comparable methods")
+    labels = list(dict.fromkeys(r["label"] for r in diffs))[:max_panels]
+    ncol = min(3, len(labels))
+    nrow = math.ceil(len(labels) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 2.4 * nrow), squeeze=False)
+    for ax, label in zip(axes.flat, labels):
+        rows = [r for r in diffs if r["label"] == label]
+        for i, r in enumerate(rows):
+            sign = 1.0 if r["higher_is_better"] else -1.0
+            est = sign * r["estimate"]
+            lo, hi = sorted([sign * r["lo"], sign * r["hi"]])
+            ax.errorbar(est, i, xerr=[[max(est - lo, 0)], [max(hi - est, 0)]], fmt="o", color=_colour(r["a"]),
+                        capsize=3)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(rows)), [f"{r['a']} − {r['b']}" for r in rows], fontsize=7)
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.set_title(label, fontsize=8)
+        ax.set_xlabel("improvement of first over second\n(metric units; > 0: first is better)", fontsize=7)
+    for ax in list(axes.flat)[len(labels):]:
+        ax.axis("off")
+    fig.suptitle("Paired differences, 95% bootstrap intervals (items resampled, seeds pooled)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out, dpi)
+
+
 FIGURES = {
     "score_distribution": score_distribution,
     "eps_distribution": eps_distribution,
     "loss_curves": loss_curves,
     "method_comparison": method_comparison,
+    "paired_differences": paired_differences,
     "reliability_diagram": reliability_diagram,
     "clustering_distribution": clustering_distribution,
 }

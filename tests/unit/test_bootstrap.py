@@ -1,0 +1,102 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from ual.bootstrap import bootstrap_table, default_comparisons, item_metrics, markdown_tables, pair_wins
+from ual.evaluate.calibration import expected_calibration_error
+
+
+def _model(run, name, method, eps, seed, rows, pairs=None):
+    d = run / "evaluate" / name
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"model": name, "method": method, "mean_eps": eps, "seed": seed}))
+    with open(d / "math_gsm8k.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    if pairs is not None:
+        (d / "clustering.json").write_text(json.dumps({"pairs": [{"a": a, "b": b, "silhouette": s}
+                                                                  for (a, b), s in pairs.items()]}))
+
+
+def _rows(correct, conf, nll):
+    return [{"id": f"q{i}", "correct": bool(c), "confidence": float(p), "gold_nll_per_token": float(n)}
+            for i, (c, p, n) in enumerate(zip(correct, conf, nll))]
+
+
+@pytest.fixture
+def run(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 40
+    for seed in (1, 2):
+        c_sft = rng.random(n) < 0.3
+        _model(tmp_path, f"sft_seed{seed}", "sft", 0.0, seed, _rows(c_sft, rng.random(n), rng.random(n) + 1),
+               {(1, 2): 0.1 * seed, (1, 3): 0.2})
+        c_ual = rng.random(n) < 0.6
+        _model(tmp_path, f"ual_eps0.1_seed{seed}", "ual", 0.1, seed, _rows(c_ual, rng.random(n), rng.random(n)),
+               {(1, 2): 0.5, (1, 3): 0.1})
+    return tmp_path
+
+
+def test_point_estimates_pool_seeds_and_match_dense_reference(run):
+    stats = bootstrap_table(run, n_boot=200)
+    per = item_metrics(run)
+    acc = {r["group"]: r for r in stats["groups"] if r["metric"] == "math.gsm8k.accuracy_flexible_pct"}
+    for group, names in (("sft", ["sft_seed1", "sft_seed2"]), ("ual eps=0.1", ["ual_eps0.1_seed1", "ual_eps0.1_seed2"])):
+        vals = [v for n in names for v in per[n]["math.gsm8k.accuracy_flexible_pct"].values.values()]
+        assert acc[group]["estimate"] == pytest.approx(np.mean(vals))
+        assert acc[group]["lo"] <= acc[group]["estimate"] <= acc[group]["hi"]
+        assert acc[group]["n_items"] == 40 and acc[group]["n_seeds"] == 2
+        pairs = [v for n in names for v in per[n]["math.gsm8k.ece"].values.values()]
+        ece = next(r for r in stats["groups"] if r["metric"] == "math.gsm8k.ece" and r["group"] == group)
+        assert ece["estimate"] == pytest.approx(expected_calibration_error([c for c, _ in pairs],
+                                                                           [k for _, k in pairs]))
+
+
+def test_difference_is_paired(run):
+    stats = bootstrap_table(run, n_boot=500)
+    d = next(r for r in stats["differences"] if r["metric"] == "math.gsm8k.gold_nll_per_token")
+    assert (d["a"], d["b"]) == ("ual eps=0.1", "sft")
+    assert d["estimate"] == pytest.approx(-1.0, abs=0.3)
+    assert d["hi"] < 0 and d["p_a_better"] == 1.0  # lower NLL is better
+    # a method against an exact copy of itself: every paired resample differs by exactly 0
+    same = bootstrap_table(run, n_boot=200, comparisons=[("sft", "sft")])
+    for r in same["differences"]:
+        assert r["lo"] == r["hi"] == r["estimate"] == 0
+
+
+def test_constant_shift_gives_zero_width_difference(tmp_path):
+    base = np.linspace(0, 1, 30)
+    _model(tmp_path, "sft_seed1", "sft", 0.0, 1, _rows(base > 0.5, base, base))
+    _model(tmp_path, "ual_eps0.1_seed1", "ual", 0.1, 1, _rows(base > 0.5, base, base + 0.25))
+    d = next(r for r in bootstrap_table(tmp_path, n_boot=100)["differences"]
+             if r["metric"] == "math.gsm8k.gold_nll_per_token")
+    assert d["lo"] == pytest.approx(0.25) and d["hi"] == pytest.approx(0.25)
+
+
+def test_pair_wins_and_markdown(run):
+    wins = pair_wins(run)
+    assert wins == [{"a": "ual eps=0.1", "b": "sft", "n_pairs": 2, "n_a_higher": 1}]
+    text = markdown_tables(bootstrap_table(run, n_boot=50))
+    assert "ual eps=0.1 − sft" in text and "math accuracy" in text
+
+
+def test_default_comparisons():
+    assert default_comparisons(["base", "sft", "ls eps=0.1", "ual eps=0.1", "ual eps=0.3"]) == [
+        ("ual eps=0.1", "sft"), ("ual eps=0.1", "ls eps=0.1"), ("ual eps=0.3", "sft"), ("ls eps=0.1", "sft")]
+
+
+def test_reference_run_matches_its_metrics():
+    from pathlib import Path
+
+    from ual.results import load_metrics
+
+    ref = Path(__file__).resolve().parents[2] / "results" / "quickstart"
+    if not (ref / "evaluate").exists():
+        pytest.skip("no committed reference run")
+    stats = bootstrap_table(ref, n_boot=50)
+    got = {r["group"]: r["estimate"] for r in stats["groups"] if r["metric"] == "controlled.high.kl_true_model"}
+    ms = [m for m in load_metrics(ref) if m["method"] == "sft"]
+    assert got["sft"] == pytest.approx(np.mean([m["controlled"]["high"]["kl_true_model"] for m in ms]))
+    assert not any(math.isnan(r["estimate"]) for r in stats["groups"] if r["metric"].startswith("controlled.low"))
