@@ -100,3 +100,16 @@ def test_reference_run_matches_its_metrics():
     ms = [m for m in load_metrics(ref) if m["method"] == "sft"]
     assert got["sft"] == pytest.approx(np.mean([m["controlled"]["high"]["kl_true_model"] for m in ms]))
     assert not any(math.isnan(r["estimate"]) for r in stats["groups"] if r["metric"].startswith("controlled.low"))
+
+
+def test_stage_costs_reads_manifests(tmp_path):
+    from ual.results import stage_costs
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"train": {"status": "complete", "seconds": 12.5,
+                                                                             "peak_rss_gib": 1.25}}}))
+    (tmp_path / "train" / "sft_seed1").mkdir(parents=True)
+    (tmp_path / "train" / "sft_seed1" / "manifest.json").write_text(
+        json.dumps({"status": "complete", "metrics": {"wall_seconds_this_session": 7.0}}))
+    assert stage_costs(tmp_path) == [
+        {"stage": "train", "status": "complete", "seconds": 12.5, "peak_rss_gib": 1.25},
+        {"stage": "train/sft_seed1", "status": "complete", "seconds": 7.0, "peak_rss_gib": None}]
