@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"### {rec['name']}\n\n`{rec['command']}` ({m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
               f"{m['date']}, {rec['wall_seconds']} s)\n")
         print(markdown_table(rec.get("rows", []), rec.get("columns")))
-        for key in ("chunk_sweep", "skipped"):
+        for key in ("summary", "chunk_sweep", "skipped"):
             if rec.get(key):
                 print(f"{key}:\n\n" + markdown_table(rec[key]))
         for goal, met in rec.get("goals", {}).items():
