@@ -54,7 +54,9 @@ def test_figures_rebuild_from_exported_files_alone(tiny_run, tmp_path):
     assert main(["export-results", "--run", str(run_dir), "--out", str(exported)]) == 0
     assert not list(exported.rglob("*.safetensors")) and not list(exported.rglob("checkpoint-*"))
     assert main(["figures", "--run", str(exported)]) == 0
-    assert len(list((exported / "figures").glob("*.png"))) == 6
+    from ual.figures import FIGURES
+
+    assert sorted(p.stem for p in (exported / "figures").glob("*.png")) == sorted(FIGURES)
     table = markdown_summary(exported)
     assert table.splitlines()[0] == "| metric | base | sft | ls eps=0.1 | ual eps=0.1 |"
 
