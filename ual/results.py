@@ -124,7 +124,12 @@ def eps_tables(run_dir: str | Path) -> dict[str, list[dict]]:
 def scores_with_sources(run_dir: str | Path) -> list[dict]:
     """Elicited scores joined with each training sample's source: rows (id, source, category, score, backend)."""
     run_dir = Path(run_dir)
-    src = {r["id"]: r for r in read_jsonl(run_dir / "data" / "train.jsonl")} if (run_dir / "data" / "train.jsonl").exists() else {}
+    src: dict[str, dict] = {}
+    if (run_dir / "data" / "train.jsonl").exists():
+        src = {r["id"]: r for r in read_jsonl(run_dir / "data" / "train.jsonl")}
+    else:  # exported results carry no training text, but every variant's eps.jsonl has each id's source
+        for p in sorted(run_dir.glob("train/*/eps.jsonl"))[:1]:
+            src = {r["id"]: r for r in read_jsonl(p)}
     latest: dict[str, dict] = {}  # a rerun may append a later line for the same id; the last one counts
     path = run_dir / "elicit" / "scores.jsonl"
     for r in read_jsonl(path) if path.exists() else []:
@@ -138,7 +143,8 @@ def scores_with_sources(run_dir: str | Path) -> list[dict]:
 
 
 # Small result files worth keeping with a reference run (no weights, checkpoints or generations).
-EXPORT_GLOBS = ("manifest.json", "data/controlled_spec.json", "elicit/scores.jsonl", "train/*/log.jsonl",
+EXPORT_GLOBS = ("manifest.json", "data/controlled_spec.json", "elicit/scores.jsonl", "elicit_backends/*.jsonl",
+                "train/*/log.jsonl",
                 "train/*/eps.jsonl", "train/*/manifest.json", "evaluate/*/metrics.json",
                 "evaluate/*/controlled/scores.jsonl", "evaluate/*/math_*.jsonl", "evaluate/*/annotations_*.json",
                 "evaluate/*/clustering.json")

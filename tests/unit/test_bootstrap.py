@@ -113,3 +113,16 @@ def test_stage_costs_reads_manifests(tmp_path):
     assert stage_costs(tmp_path) == [
         {"stage": "train", "status": "complete", "seconds": 12.5, "peak_rss_gib": 1.25},
         {"stage": "train/sft_seed1", "status": "complete", "seconds": 7.0, "peak_rss_gib": None}]
+
+
+def test_scores_get_sources_from_eps_tables_when_training_text_is_not_exported(tmp_path):
+    from ual.results import scores_with_sources
+
+    (tmp_path / "elicit").mkdir()
+    (tmp_path / "elicit" / "scores.jsonl").write_text(json.dumps({"id": "a", "score": 1.5, "backend": "likelihood"})
+                                                      + "\n")
+    (tmp_path / "train" / "ual_eps0.1_seed1").mkdir(parents=True)
+    (tmp_path / "train" / "ual_eps0.1_seed1" / "eps.jsonl").write_text(
+        json.dumps({"id": "a", "source": "gsm8k", "category": None, "eps": 0.1}) + "\n")
+    assert scores_with_sources(tmp_path) == [{"id": "a", "source": "gsm8k", "category": None, "score": 1.5,
+                                              "backend": "likelihood"}]
