@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ual.io import read_json, read_jsonl
+from ual.io import iter_jsonl, read_json, read_jsonl
 from ual.results import load_metrics, method_label
 
 
@@ -55,9 +55,10 @@ def _controlled_items(model_dir: Path, spec: dict) -> list[ItemMetric]:
     from ual.evaluate.answers import gold_answer
 
     path = model_dir / "controlled" / "scores.jsonl"
-    latest = {r["id"]: r for r in read_jsonl(path)}  # a resumed run may repeat an id; the last row counts
+    # a resumed run may repeat an id; the last row counts (its file line is kept for error messages)
+    latest = {r["id"]: (line, r) for line, r in iter_jsonl(path)}
     out = {k: ItemMetric(k, *METRICS[k]) for k in METRICS}
-    for line, (rid, r) in enumerate(latest.items(), 1):
+    for rid, (line, r) in latest.items():
         if r["family"] == "low":
             gold = gold_answer(r["answer"])
             for proto in ("flexible", "strict"):
@@ -91,8 +92,9 @@ def _math_items(path: Path, name: str) -> list[ItemMetric]:
 def _winrate_items(path: Path, name: str) -> list[ItemMetric]:
     m = ItemMetric(f"winrate.{name}.win_rate", f"win rate vs reference [{name}] (%)", True)
     for a in read_json(path):
-        # AlpacaEval preference: 1 = reference (generator_1) wins, 2 = model wins, 1.5 = tie
-        m.values[a["instruction"]] = 100.0 * (float(a["preference"]) - 1.0)
+        # AlpacaEval preference: 1 = reference (generator_1) wins, 2 = model wins, 1.5 = tie; None = judge failed
+        pref = a.get("preference")
+        m.values[a["instruction"]] = math.nan if pref is None else 100.0 * (float(pref) - 1.0)
     return [m]
 
 

@@ -126,3 +126,13 @@ def test_scores_get_sources_from_eps_tables_when_training_text_is_not_exported(t
         json.dumps({"id": "a", "source": "gsm8k", "category": None, "eps": 0.1}) + "\n")
     assert scores_with_sources(tmp_path) == [{"id": "a", "source": "gsm8k", "category": None, "score": 1.5,
                                               "backend": "likelihood"}]
+
+
+def test_win_rate_items_skip_failed_verdicts(tmp_path):
+    from ual.bootstrap import _winrate_items
+
+    path = tmp_path / "annotations_alpaca_eval.json"
+    path.write_text(json.dumps([{"instruction": "a", "preference": 2.0}, {"instruction": "b", "preference": 1.5},
+                                {"instruction": "c", "preference": None}]))
+    (m,) = _winrate_items(path, "alpaca_eval")
+    assert m.values["a"] == 100.0 and m.values["b"] == 50.0 and math.isnan(m.values["c"])
