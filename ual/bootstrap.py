@@ -126,22 +126,13 @@ def item_metrics(run_dir: str | Path) -> dict[str, dict[str, ItemMetric]]:
     return out
 
 
-def _ece_np(conf: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> float:
-    from ual.evaluate.calibration import _bin_index  # the same bins as expected_calibration_error
-
-    idx, _ = _bin_index(conf, n_bins, "uniform")
-    total = 0.0
-    for b in np.unique(idx):
-        sel = idx == b
-        total += sel.sum() * abs(conf[sel].mean() - correct[sel].mean())
-    return float(total / conf.size)
-
-
 def _statistic(kind: str, data, cols: np.ndarray) -> float:
     """The statistic on the items ``cols`` (indices into the item axis), pooled over seeds."""
     if kind == "ece":
+        from ual.evaluate.calibration import expected_calibration_error
+
         conf, corr = data
-        return _ece_np(conf[:, cols].ravel(), corr[:, cols].ravel())
+        return expected_calibration_error(conf[:, cols].ravel(), corr[:, cols].ravel())
     v = data[:, cols]
     return float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
 
