@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ual.errors import InputError
 from ual.io import iter_jsonl, read_json, read_jsonl
 from ual.results import load_metrics, method_label
 
@@ -78,6 +79,11 @@ def _controlled_items(model_dir: Path, spec: dict) -> list[ItemMetric]:
 
 
 def _math_items(path: Path, name: str) -> list[ItemMetric]:
+    """Flexible accuracy, gold-solution NLL and (confidence, correct) pairs from ``math_<set>.jsonl``; when the
+    generations file ``generations_<set>.jsonl`` lies beside it, accuracy under every answer protocol from it instead
+    (the same per-row values that ``metrics.json``'s protocol accuracies average)."""
+    from ual.evaluate.answers import PROTOCOLS, row_accuracy
+
     rows = read_jsonl(path)
     acc = ItemMetric(f"math.{name}.accuracy_flexible_pct", f"math accuracy, flexible [{name}] (%)", True)
     nll = ItemMetric(f"math.{name}.gold_nll_per_token", f"gold solution NLL [{name}] (nats/token)", False)
@@ -86,7 +92,21 @@ def _math_items(path: Path, name: str) -> list[ItemMetric]:
         acc.values[r["id"]] = 100.0 * bool(r["correct"])
         nll.values[r["id"]] = float(r["gold_nll_per_token"])
         ece.values[r["id"]] = (float(r["confidence"]), bool(r["correct"]))
-    return [acc, nll, ece]
+    gens = path.with_name(f"generations_{name}.jsonl")
+    if not gens.exists():
+        return [acc, nll, ece]
+    pairs = list(iter_jsonl(gens, tolerate_torn=False))
+    lines, grows = [line for line, _ in pairs], [r for _, r in pairs]
+    per = row_accuracy(grows, PROTOCOLS, path=gens, lines=lines)
+    accs = []
+    for proto in PROTOCOLS:
+        m = ItemMetric(f"math.{name}.accuracy_{proto}_pct", f"math accuracy, {proto} [{name}] (%)", True)
+        for line, r, v in zip(lines, grows, per[proto]):
+            if "id" not in r:
+                raise InputError(gens, line, "id", "is missing")
+            m.values[r["id"]] = 100.0 * v
+        accs.append(m)
+    return accs + [nll, ece]
 
 
 def _winrate_items(path: Path, name: str) -> list[ItemMetric]:

@@ -7,7 +7,7 @@ import pytest
 
 from ual.errors import InputError
 from ual.evaluate.answers import (PROTOCOL_VERSION, PROTOCOLS, extract_answer, gold_answer, is_correct,
-                                  normalize_number, number_tokens, score_math, score_math_file)
+                                  normalize_number, number_tokens, row_accuracy, score_math, score_math_file)
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -100,6 +100,25 @@ def test_score_math_single_and_best_of_n():
     assert m["accuracy"] == pytest.approx(100 * (1 / 3) / 3) and m["n_rows_any_correct"] == 1
     # substring: row1 yes; row2 samples 1 and 3 contain 3 -> 2/3; row3 none
     assert sub["accuracy"] == pytest.approx(100 * (1 + 2 / 3) / 3) and sub["best_of_n"] == pytest.approx(200 / 3)
+
+
+def test_row_accuracy_is_the_per_row_fraction_that_score_math_averages():
+    rows = [
+        {"output": "#### 5", "answer": "5"},
+        {"output": ["The answer is 3", "#### 4", "3 or 4? 4"], "answer": 3},
+        {"output": ["no idea", "still none"], "answer": "#### 2"},
+    ]
+    per = row_accuracy(rows)
+    # dense reference: is_correct per output, averaged per row
+    for proto in PROTOCOLS:
+        dense = [sum(is_correct(o, r["answer"], proto) for o in ([r["output"]] if isinstance(r["output"], str)
+                                                                 else r["output"])) /
+                 (1 if isinstance(r["output"], str) else len(r["output"])) for r in rows]
+        assert per[proto] == pytest.approx(dense)
+        assert 100 * sum(per[proto]) / len(rows) == pytest.approx(score_math(rows)["protocols"][proto]["accuracy"])
+    with pytest.raises(InputError) as e:
+        row_accuracy([{"output": "1"}], path="g.jsonl", lines=[7])
+    assert (e.value.line, e.value.field) == (7, "answer")
 
 
 def test_score_math_one_sample_accuracy_equals_best_of_n():

@@ -136,3 +136,35 @@ def test_win_rate_items_skip_failed_verdicts(tmp_path):
                                 {"instruction": "c", "preference": None}]))
     (m,) = _winrate_items(path, "alpaca_eval")
     assert m.values["a"] == 100.0 and m.values["b"] == 50.0 and math.isnan(m.values["c"])
+
+
+def test_math_protocols_come_from_generations_when_present(run):
+    from ual.evaluate.answers import score_math_file
+    from ual.errors import InputError
+
+    outputs = {"q0": "so #### 3", "q1": "The answer is: 4", "q2": "maybe 5 or 6"}
+    gold = {"q0": "3", "q1": "4", "q2": "5"}
+    for name in ("sft_seed1", "sft_seed2", "ual_eps0.1_seed1", "ual_eps0.1_seed2"):
+        d = run / "evaluate" / name
+        rows = [json.loads(x) for x in (d / "math_gsm8k.jsonl").read_text().splitlines()][:3]
+        (d / "math_gsm8k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "generations_gsm8k.jsonl").write_text("".join(
+            json.dumps({"id": i, "output": o, "answer": gold[i]}) + "\n" for i, o in outputs.items()))
+    per = item_metrics(run)["sft_seed1"]
+    metrics = score_math_file(run / "evaluate" / "sft_seed1" / "generations_gsm8k.jsonl")["protocols"]
+    stats = bootstrap_table(run, n_boot=100)
+    for proto in ("strict", "flexible", "metamath", "substring"):
+        key = f"math.gsm8k.accuracy_{proto}_pct"
+        assert np.mean(list(per[key].values.values())) == pytest.approx(metrics[proto]["accuracy"])
+        est = next(r["estimate"] for r in stats["groups"] if r["metric"] == key and r["group"] == "sft")
+        assert est == pytest.approx(metrics[proto]["accuracy"])
+    # q0 strict right, q1 metamath right, q2 substring right (5 appears), flexible reads 6 there
+    assert per["math.gsm8k.accuracy_strict_pct"].values == {"q0": 100.0, "q1": 0.0, "q2": 0.0}
+    assert per["math.gsm8k.accuracy_substring_pct"].values["q2"] == 100.0
+    # a generations row without an id names the file and line
+    gens = run / "evaluate" / "sft_seed1" / "generations_gsm8k.jsonl"
+    gens.write_text(json.dumps({"id": "q0", "output": "3", "answer": "3"}) + "\n"
+                    + json.dumps({"output": "3", "answer": "3"}) + "\n")
+    with pytest.raises(InputError) as e:
+        item_metrics(run)
+    assert (e.value.path, e.value.line, e.value.field) == (str(gens), 2, "id")

@@ -207,6 +207,35 @@ def _parse_row(row: dict, path, line) -> tuple[list[str], str]:
     return outs, gold
 
 
+def _parse_rows(rows: Iterable[dict], path, lines) -> list[tuple[list[str], str]]:
+    parsed = []
+    for i, row in enumerate(rows):
+        parsed.append(_parse_row(row, path, lines[i] if lines is not None else i + 1))
+    if not parsed:
+        raise InputError(path, None, None, "no generations to score")
+    return parsed
+
+
+def _row_counts(parsed: list[tuple[list[str], str]], protocol: str) -> list[tuple[int, int, int]]:
+    """Per row: (correct outputs, outputs with no answer read, outputs) under ``protocol``."""
+    cand = get_protocol(protocol).candidates
+    out = []
+    for outs, gold in parsed:
+        cands = [cand(o) for o in outs]
+        out.append((sum(gold in c for c in cands), sum(not c for c in cands), len(outs)))
+    return out
+
+
+def row_accuracy(rows: Iterable[dict], protocols: Sequence[str] = PROTOCOLS, *, path: str | Path | None = None,
+                 lines: Sequence[int] | None = None) -> dict[str, list[float]]:
+    """Per-row accuracy under each protocol: ``{protocol: [fraction (0-1) of row i's outputs that are correct]}``,
+    in row order (the per-item values that :func:`score_math`'s ``accuracy`` averages; used by the bootstrap)."""
+    for name in protocols:
+        get_protocol(name)
+    parsed = _parse_rows(rows, path, lines)
+    return {name: [c / n for c, _, n in _row_counts(parsed, name)] for name in protocols}
+
+
 def score_math(rows: Iterable[dict], protocols: Sequence[str] = PROTOCOLS, *, path: str | Path | None = None,
                lines: Sequence[int] | None = None) -> dict:
     """Accuracy of math generations under each answer protocol.
@@ -221,12 +250,7 @@ def score_math(rows: Iterable[dict], protocols: Sequence[str] = PROTOCOLS, *, pa
     """
     for name in protocols:
         get_protocol(name)
-    parsed = []
-    for i, row in enumerate(rows):
-        line = lines[i] if lines is not None else i + 1
-        parsed.append(_parse_row(row, path, line))
-    if not parsed:
-        raise InputError(path, None, None, "no generations to score")
+    parsed = _parse_rows(rows, path, lines)
     result: dict = {
         "protocol_version": PROTOCOL_VERSION,
         "n_rows": len(parsed),
@@ -235,23 +259,16 @@ def score_math(rows: Iterable[dict], protocols: Sequence[str] = PROTOCOLS, *, pa
         "protocols": {},
     }
     for name in protocols:
-        cand = get_protocol(name).candidates
-        frac_sum, n_correct, n_invalid, n_any = 0.0, 0, 0, 0
-        for outs, gold in parsed:
-            cands = [cand(o) for o in outs]
-            correct = sum(gold in c for c in cands)
-            n_correct += correct
-            n_invalid += sum(not c for c in cands)
-            n_any += correct > 0
-            frac_sum += correct / len(outs)
+        counts = _row_counts(parsed, name)
+        n_invalid = sum(i for _, i, _ in counts)
         result["protocols"][name] = {
             "description": get_protocol(name).description,
-            "accuracy": 100.0 * frac_sum / len(parsed),
-            "best_of_n": 100.0 * n_any / len(parsed),
+            "accuracy": 100.0 * sum(c / n for c, _, n in counts) / len(parsed),
+            "best_of_n": 100.0 * sum(c > 0 for c, _, _ in counts) / len(parsed),
             "invalid_rate": 100.0 * n_invalid / result["n_samples"],
-            "n_correct": n_correct,
+            "n_correct": sum(c for c, _, _ in counts),
             "n_invalid": n_invalid,
-            "n_rows_any_correct": n_any,
+            "n_rows_any_correct": sum(c > 0 for c, _, _ in counts),
         }
     return result
 
