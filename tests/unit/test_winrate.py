@@ -12,7 +12,7 @@ from scipy import stats
 from scipy.special import expit
 
 from ual.errors import InputError
-from ual.evaluate.winrate import (check_against_reference, evaluate_annotations, fit_length_controlled,
+from ual.evaluate.winrate import (check_against_reference, evaluate_annotations, fit_length_controlled, judge_agreement,
                                   length_controlled_win_rate, length_feature, validate_annotations, win_rate)
 
 MODELS = ("alpaca-7b", "text_davinci_001")
@@ -196,3 +196,35 @@ def test_winrate_cli(tmp_path, capsys, shared_data, monkeypatch):
     bad.write_text(json.dumps([{"instruction": "x"}]))
     assert main(["winrate", "--annotations", str(bad), "--lc", "none"]) == 2
     assert 'bad.json:1: field "output_1"' in capsys.readouterr().err
+
+
+def _ann(prefs):
+    return [{"instruction": f"i{k}", "output_1": "a", "output_2": "b", "generator_1": "ref", "generator_2": "m",
+             "preference": p} for k, p in enumerate(prefs)]
+
+
+def test_judge_agreement_dense_reference():
+    mine = _ann([1.9, 1.2, 1.5, 1.7, None, 1.1])
+    theirs = _ann([1.8, 1.6, 1.9, 1.2, 1.5, 1.05])[::-1]  # order does not matter: matched by instruction
+    r = judge_agreement(mine, theirs)
+    # common defined: i0, i1, i2, i3, i5; decided (neither exactly 1.5): i0, i1, i3, i5 -> agree on i0 and i5
+    assert (r["n"], r["n_decided"]) == (5, 4) and r["winner_agreement"] == pytest.approx(0.5)
+    x, y = [1.9, 1.2, 1.5, 1.7, 1.1], [1.8, 1.6, 1.9, 1.2, 1.05]
+    assert r["pearson"] == pytest.approx(stats.pearsonr(x, y).statistic)
+    assert r["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert r["win_rate"] == pytest.approx(100 * (np.mean(x) - 1))
+    assert r["win_rate_other"] == pytest.approx(100 * (np.mean(y) - 1))
+    const = judge_agreement(_ann([1.5, 1.5]), _ann([1.2, 1.8]))
+    assert const["n_decided"] == 0 and math.isnan(const["winner_agreement"]) and math.isnan(const["pearson"])
+    assert judge_agreement(mine, mine)["winner_agreement"] == 1.0
+
+
+def test_winrate_cli_agreement(tmp_path, capsys):
+    from ual.__main__ import main
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_ann([1.9, 1.2, 1.7])))
+    b.write_text(json.dumps(_ann([1.8, 1.3, 1.4])))
+    assert main(["winrate", "--annotations", str(a), "--lc", "none", "--agree-with", str(b)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["agreement"]["n"] == 3 and out["agreement"]["winner_agreement"] == pytest.approx(2 / 3)

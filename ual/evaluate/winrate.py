@@ -352,6 +352,32 @@ def evaluate_annotations(annotations: Sequence[dict], *, lc_method: str = "auto"
     return out
 
 
+def judge_agreement(annotations: Sequence[dict], other: Sequence[dict]) -> dict:
+    """How far one judge's verdicts agree with another's (e.g. a local judge against the published GPT-4-Turbo
+    annotations) on the instructions both judged with a defined preference.
+
+    Both arguments are validated annotation lists of the same generator pair. Returns ``{"n", "winner_agreement"
+    (share 0-1 of decided pairs where both judges pick the same winner; a preference of exactly 1.5 is undecided
+    and left out), "n_decided", "pearson", "spearman" (of the preferences), "win_rate", "win_rate_other" (percent,
+    on the common instructions)}``; correlations are NaN when either side is constant.
+    """
+    from scipy.stats import pearsonr, spearmanr
+
+    mine = {a["instruction"]: clean_preference(a["preference"]) for a in annotations}
+    theirs = {a["instruction"]: clean_preference(a["preference"]) for a in other}
+    common = [i for i in mine if i in theirs and mine[i] is not None and theirs[i] is not None]
+    x = np.array([mine[i] for i in common], dtype=np.float64)
+    y = np.array([theirs[i] for i in common], dtype=np.float64)
+    decided = (x != 1.5) & (y != 1.5)
+    varied = len(common) > 1 and x.std() > 0 and y.std() > 0
+    return {"n": len(common), "n_decided": int(decided.sum()),
+            "winner_agreement": float(((x > 1.5) == (y > 1.5))[decided].mean()) if decided.any() else math.nan,
+            "pearson": float(pearsonr(x, y).statistic) if varied else math.nan,
+            "spearman": float(spearmanr(x, y).statistic) if varied else math.nan,
+            "win_rate": float((x - 1).mean() * 100) if common else math.nan,
+            "win_rate_other": float((y - 1).mean() * 100) if common else math.nan}
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 
 def configure_winrate(p) -> None:
@@ -362,6 +388,8 @@ def configure_winrate(p) -> None:
     p.add_argument("--lc-weights", help=f"published LC coefficients csv (default ${ENV_ALPACA_EVAL_DIR}/{WEIGHTS_FILE})")
     p.add_argument("--lc-difficulty", help="per-instruction difficulty csv "
                    f"(default ${ENV_ALPACA_EVAL_DIR}/{DIFFICULTY_FILE})")
+    p.add_argument("--agree-with", help="another judge's annotations of the same outputs (e.g. the published "
+                   "GPT-4-Turbo ones): report how far the two judges agree")
 
 
 def run_winrate(args) -> int:
@@ -374,5 +402,8 @@ def run_winrate(args) -> int:
                                difficulty_path=args.lc_difficulty, source=args.annotations)
     if missing is not None:
         out["n_reference_missing"] = missing
+    if args.agree_with:
+        other = validate_annotations(read_json(args.agree_with), args.agree_with)
+        out["agreement"] = judge_agreement(annotations, other)
     print(json.dumps(out, indent=2))
     return 0
