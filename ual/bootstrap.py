@@ -6,8 +6,9 @@ item-difficulty variance that two independent intervals would double count. Seed
 brings the values of every seed of a method with it, so seed-to-seed variance is in the interval too.
 
 Per-item values are read from the saved result files (no model): ``evaluate/<model>/controlled/scores.jsonl``
-(+ ``data/controlled_spec.json``), ``evaluate/<model>/math_<set>.jsonl``, ``evaluate/<model>/annotations_<set>.json``
-and ``evaluate/<model>/clustering.json`` (there the "items" are token pairs). ECE is not a mean of per-item values,
+(+ ``data/controlled_spec.json``), ``evaluate/<model>/math_<set>.jsonl`` (+ ``generations_<set>.jsonl``),
+``evaluate/<model>/chat_<set>.jsonl``, ``evaluate/<model>/annotations_<set>.json`` and
+``evaluate/<model>/clustering.json`` (there the "items" are token pairs). ECE is not a mean of per-item values,
 so it is recomputed on each resample from the pooled (confidence, correct) pairs.
 """
 from __future__ import annotations
@@ -118,6 +119,15 @@ def _winrate_items(path: Path, name: str) -> list[ItemMetric]:
     return [m]
 
 
+def _chat_items(path: Path, name: str) -> list[ItemMetric]:
+    nll = ItemMetric(f"chat.{name}.reference_nll_per_token", f"reference-response NLL [{name}] (nats/token)", False)
+    d2 = ItemMetric(f"chat.{name}.distinct_2", f"distinct-2 of outputs [{name}] (0-1)", True)
+    for r in read_jsonl(path):
+        nll.values[r["id"]] = float(r["reference_nll_per_token"])
+        d2.values[r["id"]] = math.nan if r.get("distinct_2") is None else float(r["distinct_2"])
+    return [nll, d2]
+
+
 def _clustering_items(path: Path) -> list[ItemMetric]:
     m = ItemMetric("clustering.silhouette", "token-pair silhouette (−1 to 1)", True)
     for p in read_json(path)["pairs"]:
@@ -137,6 +147,8 @@ def item_metrics(run_dir: str | Path) -> dict[str, dict[str, ItemMetric]]:
             ms += _controlled_items(mdir, spec)
         for p in sorted(mdir.glob("math_*.jsonl")):
             ms += _math_items(p, p.stem[len("math_"):])
+        for p in sorted(mdir.glob("chat_*.jsonl")):
+            ms += _chat_items(p, p.stem[len("chat_"):])
         for p in sorted(mdir.glob("annotations_*.json")):
             ms += _winrate_items(p, p.stem[len("annotations_"):])
         if (mdir / "clustering.json").exists():

@@ -25,6 +25,8 @@ HEADLINE: list[tuple[str, str, bool]] = [
     ("math.*.protocols.*.accuracy", "math accuracy (%)", True),
     ("math.*.gold_nll_per_token", "gold solution NLL (nats/token)", False),
     ("math.*.ece", "math calibration ECE (0-1)", False),
+    ("chat.*.reference_nll_per_token", "reference-response NLL (nats/token)", False),
+    ("chat.*.distinct_2", "distinct-2 of outputs (0-1)", True),
     ("winrate.*.win_rate", "win rate vs reference (%)", True),
     ("winrate.*.length_controlled_winrate", "length-controlled win rate (%)", True),
     ("clustering.mean_silhouette", "token-clustering silhouette (mean over pairs)", True),

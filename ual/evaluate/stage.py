@@ -6,8 +6,10 @@ For each model, outputs go to ``<run_dir>/evaluate/<model>/`` and are saved befo
   samples, per-item likelihoods; ``ual.controlled``);
 - math sets (every record has an ``answer``): ``generations_<set>.jsonl``, plus gold-solution NLL and the
   confidence of the greedy answer in ``math_<set>.jsonl``;
-- chat sets (reference responses, e.g. AlpacaEval): ``generations_<set>.jsonl``, ``model_outputs_<set>.json``
-  (AlpacaEval format), judge verdicts in ``judge_<set>.jsonl`` and ``annotations_<set>.json``;
+- chat sets (reference responses, e.g. AlpacaEval): ``generations_<set>.jsonl``, judge-free measures per record
+  in ``chat_<set>.jsonl`` (the reference response's NLL under the model, distinct-n and length of the output),
+  ``model_outputs_<set>.json`` (AlpacaEval format), judge verdicts in ``judge_<set>.jsonl`` and
+  ``annotations_<set>.json``;
 - token clustering on a probe set: ``clustering.json``.
 
 ``metrics.json`` is then computed from those files alone (:func:`metrics_from_files`), so metrics can be
@@ -159,6 +161,32 @@ def _math_extras(model, tok, recs, gens_path: Path, out_path: Path, cfg: EvalCon
     write_jsonl(out_path, rows)
 
 
+def chat_extras(model, tok, recs, gens_path: Path, out_path: Path, *, batch_size: int, template: str) -> None:
+    """Judge-free measures of a chat set -> ``out_path`` (JSONL, one row per record, written once):
+    ``reference_nll_per_token`` (nats/token of the reference response given the prompt: how much of the reference
+    writer's distribution the model keeps), ``distinct_1`` / ``distinct_2`` of the model's (first) output (0-1,
+    null for outputs shorter than n words) and ``output_chars``."""
+    from ual.evaluate.diversity import distinct_n
+    from ual.evaluate.likelihood import gold_answer_nll
+    from ual.io import write_jsonl
+
+    if out_path.exists():
+        return
+    gens = {r["id"]: r for r in read_jsonl(gens_path)}
+    missing = [r.id for r in recs if r.id not in gens]
+    if missing:
+        raise InputError(gens_path, None, "id", f"{len(missing)} records have no generation (first: {missing[0]!r})")
+    nll = gold_answer_nll(model, tok, recs, template=template, batch_size=batch_size)
+    rows = []
+    for r, n in zip(recs, nll):
+        o = gens[r.id]["output"]
+        o = o if isinstance(o, str) else o[0]
+        d1, d2 = distinct_n(o, 1), distinct_n(o, 2)
+        rows.append({"id": r.id, "reference_nll_per_token": n, "distinct_1": None if d1 != d1 else d1,
+                     "distinct_2": None if d2 != d2 else d2, "output_chars": len(o)})
+    write_jsonl(out_path, rows)
+
+
 def _answer_as_written(output: str, normalised: str) -> str | None:
     """The last number in ``output`` whose normalised form is ``normalised`` (as it appears in the text)."""
     from ual.evaluate.answers import normalize_number, number_tokens
@@ -202,9 +230,12 @@ def evaluate_model(entry: dict, cfg: EvalConfig, run_dir: str | Path, *, progres
         else:
             from ual.evaluate.generate import generate
 
-            generate(pair, recs, out / f"generations_{name}.jsonl", template=template, batch_size=cfg.batch_size,
-                     max_new_tokens=cfg.chat_max_new_tokens, do_sample=cfg.chat_do_sample,
-                     temperature=cfg.chat_temperature, top_k=cfg.chat_top_k, seed=cfg.seed, progress=progress)
+            gens = generate(pair, recs, out / f"generations_{name}.jsonl", template=template,
+                            batch_size=cfg.batch_size, max_new_tokens=cfg.chat_max_new_tokens,
+                            do_sample=cfg.chat_do_sample, temperature=cfg.chat_temperature, top_k=cfg.chat_top_k,
+                            seed=cfg.seed, progress=progress)
+            chat_extras(model, tok, recs, gens, out / f"chat_{name}.jsonl", batch_size=cfg.batch_size,
+                        template=template)
     if cfg.clustering:
         _clustering(model, tok, cfg, run_dir, out / "clustering.json", template)
     del model, pair
@@ -259,6 +290,19 @@ def _judge(entry: dict, name: str, s: dict, cfg: EvalConfig, out: Path, progress
     atomic_write_json(out / f"annotations_{name}.json", ann)
 
 
+CHAT_FIELDS = ("reference_nll_per_token", "distinct_1", "distinct_2", "output_chars")
+
+
+def chat_metrics(path: str | Path) -> dict:
+    """Means over records of a ``chat_<set>.jsonl`` file (null entries left out), plus ``n``."""
+    rows = read_jsonl(path)
+    out: dict = {"n": len(rows)}
+    for k in CHAT_FIELDS:
+        vals = [float(r[k]) for r in rows if r.get(k) is not None]
+        out[k] = sum(vals) / len(vals) if vals else None
+    return out
+
+
 def metrics_from_files(run_dir: str | Path, entry: dict, cfg: EvalConfig) -> dict:
     """All metrics of one model from its saved files (no model needed)."""
     from ual.evaluate.answers import score_math_file
@@ -285,11 +329,14 @@ def metrics_from_files(run_dir: str | Path, entry: dict, cfg: EvalConfig) -> dic
                 res["ece"] = expected_calibration_error(conf, corr)
                 res["reliability_bins"] = reliability_bins(conf, corr)
             m.setdefault("math", {})[name] = res
-        elif s["kind"] == "chat" and (out / f"annotations_{name}.json").exists():
-            from ual.evaluate.winrate import evaluate_annotations
+        elif s["kind"] == "chat":
+            if (out / f"chat_{name}.jsonl").exists():
+                m.setdefault("chat", {})[name] = chat_metrics(out / f"chat_{name}.jsonl")
+            if (out / f"annotations_{name}.json").exists():
+                from ual.evaluate.winrate import evaluate_annotations
 
-            ann = [a for a in read_json(out / f"annotations_{name}.json")]
-            m.setdefault("winrate", {})[name] = evaluate_annotations(ann, lc_method=cfg.lc_method)
+                ann = [a for a in read_json(out / f"annotations_{name}.json")]
+                m.setdefault("winrate", {})[name] = evaluate_annotations(ann, lc_method=cfg.lc_method)
     if (out / "clustering.json").exists():
         c = read_json(out / "clustering.json")
         m["clustering"] = {"mean_silhouette": c["mean"], "median_silhouette": c["median"], "n_pairs": c["n_pairs"],
