@@ -223,8 +223,13 @@ def run(profile: ResolvedProfile, *, runs_root: str | Path = "runs", from_stage:
         out_nb = run_dir / "notebooks" / NOTEBOOK_OF[stage]
         print(f"[{i + 1}/{len(STAGES)}] {stage}: running {NOTEBOOK_OF[stage]} -> {out_nb}", flush=True)
         t0 = time.time()
+        # An earlier attempt's record (its time and memory) is kept, not overwritten: a forced rerun that only
+        # tops up a few files must not erase what the full stage cost.
+        history = list(st.get("history", []))
+        if st.get("started"):
+            history.append({k: st[k] for k in ("status", "started", "finished", "seconds", "peak_rss_gib") if k in st})
         status[stage] = {"status": "running", "started": now_iso(), "fingerprint": fps[stage],
-                         "notebook": str(out_nb)}
+                         "notebook": str(out_nb), **({"history": history} if history else {})}
         update_manifest(manifest_path, stages=status)
         peak = PeakRSS()
         try:

@@ -200,11 +200,15 @@ def markdown_summary(run_dir: str | Path, *, digits: int = 3) -> str:
 
 def stage_costs(run_dir: str | Path) -> list[dict]:
     """Wall time (s) and peak resident memory (GiB, the stage's notebook kernel and its children) of each stage of
-    a run, from its manifest, plus the training wall time of each variant (``train/*/manifest.json``)."""
+    a run, from its manifest (``earlier``: the stage's previous attempts, when it was rerun), plus the training wall
+    time of each variant (``train/*/manifest.json``)."""
     run_dir = Path(run_dir)
     manifest = read_json(run_dir / "manifest.json")
     rows = [{"stage": name, "status": st.get("status"), "seconds": st.get("seconds"),
-             "peak_rss_gib": st.get("peak_rss_gib")} for name, st in manifest.get("stages", {}).items()]
+             "peak_rss_gib": st.get("peak_rss_gib"),
+             "earlier": [{"seconds": h.get("seconds"), "peak_rss_gib": h.get("peak_rss_gib"), "status": h.get("status")}
+                         for h in st.get("history", [])]}
+            for name, st in manifest.get("stages", {}).items()]
     for p in sorted(run_dir.glob("train/*/manifest.json")):
         m = read_json(p)
         secs = (m.get("metrics") or {}).get("wall_seconds_this_session")  # a resumed run counts its last session

@@ -45,6 +45,16 @@ def test_rerun_skips_completed_stages(tiny_run, capsys):
     assert (run_dir / "evaluate" / "ual_eps0.1_seed1337" / "metrics.json").stat().st_mtime == before
 
 
+def test_forced_rerun_keeps_the_earlier_attempt_in_the_manifest(tiny_run):
+    root, run_dir = tiny_run
+    first = json.loads((run_dir / "manifest.json").read_text())["stages"]["figures"]
+    run(resolve_profile("tiny"), runs_root=root, only="figures", progress=False)
+    again = json.loads((run_dir / "manifest.json").read_text())["stages"]["figures"]
+    assert again["status"] == "complete" and again["started"] != first["started"]
+    assert again["history"][-1] == {k: first[k] for k in ("status", "started", "finished", "seconds",
+                                                          "peak_rss_gib")}
+
+
 def test_figures_rebuild_from_exported_files_alone(tiny_run, tmp_path):
     from ual.__main__ import main
     from ual.results import markdown_summary

@@ -111,8 +111,12 @@ def test_stage_costs_reads_manifests(tmp_path):
     (tmp_path / "train" / "sft_seed1" / "manifest.json").write_text(
         json.dumps({"status": "complete", "metrics": {"wall_seconds_this_session": 7.0}}))
     assert stage_costs(tmp_path) == [
-        {"stage": "train", "status": "complete", "seconds": 12.5, "peak_rss_gib": 1.25},
+        {"stage": "train", "status": "complete", "seconds": 12.5, "peak_rss_gib": 1.25, "earlier": []},
         {"stage": "train/sft_seed1", "status": "complete", "seconds": 7.0, "peak_rss_gib": None}]
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"evaluate": {
+        "status": "complete", "seconds": 3.0, "peak_rss_gib": 1.0,
+        "history": [{"status": "complete", "started": "t0", "seconds": 900.0, "peak_rss_gib": 1.5}]}}}))
+    assert stage_costs(tmp_path)[0]["earlier"] == [{"seconds": 900.0, "peak_rss_gib": 1.5, "status": "complete"}]
 
 
 def test_scores_get_sources_from_eps_tables_when_training_text_is_not_exported(tmp_path):
