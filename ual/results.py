@@ -144,11 +144,13 @@ def scores_with_sources(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-# Small result files worth keeping with a reference run (no weights, checkpoints or generations).
+# Small result files worth keeping with a reference run: no weights or checkpoints; the generations of the math
+# and chat evaluation sets are kept (tens of kB per model) because per-item answers are re-scored from them.
 EXPORT_GLOBS = ("manifest.json", "data/controlled_spec.json", "elicit/scores.jsonl", "elicit_backends/*.jsonl",
                 "train/*/log.jsonl",
                 "train/*/eps.jsonl", "train/*/manifest.json", "evaluate/*/metrics.json",
-                "evaluate/*/controlled/scores.jsonl", "evaluate/*/math_*.jsonl", "evaluate/*/annotations_*.json",
+                "evaluate/*/controlled/scores.jsonl", "evaluate/*/math_*.jsonl", "evaluate/*/generations_*.jsonl",
+                "evaluate/*/chat_*.jsonl", "evaluate/*/annotations_*.json",
                 "evaluate/*/clustering.json")
 
 
