@@ -79,3 +79,29 @@ def test_chat_items_in_bootstrap(tmp_path):
     assert d["estimate"] == pytest.approx(-0.5) and d["lo"] == pytest.approx(-0.5) and d["hi"] == pytest.approx(-0.5)
     g = next(r for r in stats["groups"] if r["metric"] == "chat.alpaca_eval.distinct_2" and r["group"] == "sft")
     assert g["estimate"] == pytest.approx((0.6 + 0.7 + 0.8) / 3)  # the undefined item is left out
+
+
+def test_a_model_missing_a_newer_file_is_evaluated_again(tmp_path, monkeypatch):
+    import dataclasses
+
+    import ual.evaluate.stage as stage
+
+    run = tmp_path
+    (run / "data").mkdir()
+    (run / "data" / "eval_alpaca_eval.jsonl").write_text("".join(
+        json.dumps({"id": r.id, "source": "chat", "messages": r.messages}) + "\n" for r in RECS))
+    cfg = stage.EvalConfig(model="tiny-random", judge="none")
+    out = run / "evaluate" / "base"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({"model": "base", "config": dataclasses.asdict(cfg)}))
+    (out / "generations_alpaca_eval.jsonl").write_text("")
+    assert stage.expected_files(cfg, run, "base") == [out / "metrics.json", out / "generations_alpaca_eval.jsonl",
+                                                      out / "chat_alpaca_eval.jsonl"]
+    called = []
+    monkeypatch.setattr(stage, "evaluate_model", lambda entry, *a, **k: called.append(entry["name"]) or {})
+    stage.evaluate_run(cfg, run, progress=False)
+    assert called == ["base"]  # chat_alpaca_eval.jsonl is missing
+    (out / "chat_alpaca_eval.jsonl").write_text("")
+    called.clear()
+    stage.evaluate_run(cfg, run, progress=False)
+    assert called == []  # complete: skipped

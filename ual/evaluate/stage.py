@@ -346,6 +346,26 @@ def metrics_from_files(run_dir: str | Path, entry: dict, cfg: EvalConfig) -> dic
 
 # --------------------------------------------------------------------------------------------------- stage
 
+def expected_files(cfg: EvalConfig, run_dir: str | Path, name: str) -> list[Path]:
+    """The files a complete evaluation of model ``name`` leaves under ``evaluate/<name>/`` for this config. A model
+    whose metrics exist but that lacks one of them (e.g. a file that a newer version adds) is evaluated again, and
+    only the missing pieces are computed (every other step finds its file and skips)."""
+    out = Path(run_dir) / "evaluate" / name
+    files = [out / "metrics.json"]
+    for set_name, s in eval_sets(run_dir).items():
+        if s["kind"] == "controlled":
+            files.append(out / "controlled" / "scores.jsonl")
+        elif s["kind"] == "math":
+            files += [out / f"generations_{set_name}.jsonl", out / f"math_{set_name}.jsonl"]
+        else:
+            files += [out / f"generations_{set_name}.jsonl", out / f"chat_{set_name}.jsonl"]
+            if cfg.judge != "none":
+                files.append(out / f"annotations_{set_name}.json")
+    if cfg.clustering:
+        files.append(out / "clustering.json")
+    return files
+
+
 def evaluate_run(cfg: EvalConfig, run_dir: str | Path, *, progress: bool = True) -> list[dict]:
     """Evaluate every model of the run (see module doc); models whose metrics exist for this config are skipped."""
     run_dir = Path(run_dir)
@@ -354,7 +374,8 @@ def evaluate_run(cfg: EvalConfig, run_dir: str | Path, *, progress: bool = True)
     results = []
     for entry in models_to_evaluate(cfg, run_dir):
         mpath = run_dir / "evaluate" / entry["name"] / "metrics.json"
-        if mpath.exists() and read_json(mpath).get("config") == dataclasses.asdict(cfg):
+        if (mpath.exists() and read_json(mpath).get("config") == dataclasses.asdict(cfg)
+                and all(p.exists() for p in expected_files(cfg, run_dir, entry["name"]))):
             results.append(read_json(mpath))
             continue
         print(f"evaluating {entry['name']}", flush=True)
