@@ -77,7 +77,7 @@ def metrics_frame(run_dir: str | Path):
 
     rows = []
     for m in load_metrics(run_dir):
-        flat = flatten({k: v for k, v in m.items() if k in ("controlled", "math", "winrate", "clustering")})
+        flat = flatten({k: v for k, v in m.items() if k in ("controlled", "math", "chat", "winrate", "clustering")})
         for key, label, hib in headline_keys(flat):
             v = flat[key]
             if v is None or (isinstance(v, float) and math.isnan(v)):

@@ -105,3 +105,17 @@ def test_a_model_missing_a_newer_file_is_evaluated_again(tmp_path, monkeypatch):
     called.clear()
     stage.evaluate_run(cfg, run, progress=False)
     assert called == []  # complete: skipped
+
+
+def test_chat_metrics_are_headline_metrics(tmp_path):
+    from ual.results import markdown_summary, metrics_frame
+
+    d = tmp_path / "evaluate" / "sft_seed1"
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"model": "sft_seed1", "method": "sft", "mean_eps": 0.0, "seed": 1,
+                                                "chat": {"alpaca_eval": {"n": 2, "reference_nll_per_token": 2.5,
+                                                                         "distinct_2": 0.75}}}))
+    df = metrics_frame(tmp_path)
+    assert dict(zip(df["metric"], df["value"])) == {"chat.alpaca_eval.reference_nll_per_token": 2.5,
+                                                    "chat.alpaca_eval.distinct_2": 0.75}
+    assert "reference-response NLL (nats/token) [alpaca_eval] (↓) | 2.5" in markdown_summary(tmp_path)
