@@ -172,3 +172,24 @@ def test_math_protocols_come_from_generations_when_present(run):
     with pytest.raises(InputError) as e:
         item_metrics(run)
     assert (e.value.path, e.value.line, e.value.field) == (str(gens), 2, "id")
+
+
+def test_committed_real_data_study_matches_its_metrics():
+    """The per-item files of the committed real-data study rebuild every pooled mean in its metrics.json."""
+    from pathlib import Path
+
+    from ual.results import load_metrics
+
+    ref = Path(__file__).resolve().parents[2] / "results" / "study-real"
+    if not (ref / "evaluate").exists():
+        pytest.skip("no committed real-data study")
+    stats = bootstrap_table(ref, n_boot=20)
+    est = {(r["metric"], r["group"]): r["estimate"] for r in stats["groups"]}
+    ms = [m for m in load_metrics(ref) if m["method"] == "ual"]
+    for proto in ("strict", "flexible", "metamath", "substring"):
+        assert est[(f"math.gsm8k.accuracy_{proto}_pct", "ual eps=0.1")] == pytest.approx(
+            np.mean([m["math"]["gsm8k"]["protocols"][proto]["accuracy"] for m in ms]))
+    assert est[("chat.alpaca_eval.reference_nll_per_token", "ual eps=0.1")] == pytest.approx(
+        np.mean([m["chat"]["alpaca_eval"]["reference_nll_per_token"] for m in ms]))
+    assert est[("clustering.silhouette", "ual eps=0.1")] == pytest.approx(
+        np.mean([m["clustering"]["mean_silhouette"] for m in ms]))
