@@ -94,7 +94,7 @@ def loss_curves(run_dir, out=None, dpi=150, smooth: int = 5):
     return _save(fig, out, dpi)
 
 
-def method_comparison(run_dir, out=None, dpi=150, max_panels: int = 9):
+def method_comparison(run_dir, out=None, dpi=150, max_panels: int = 12):
     """One panel per headline metric: mean over seeds per method group, 95% t-interval bars, seeds as dots."""
     df = results.metrics_frame(run_dir)
     if df.empty:
