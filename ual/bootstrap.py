@@ -85,27 +85,26 @@ def _math_items(path: Path, name: str) -> list[ItemMetric]:
     (the same per-row values that ``metrics.json``'s protocol accuracies average)."""
     from ual.evaluate.answers import PROTOCOLS, row_accuracy
 
-    rows = read_jsonl(path)
-    acc = ItemMetric(f"math.{name}.accuracy_flexible_pct", f"math accuracy, flexible [{name}] (%)", True)
     nll = ItemMetric(f"math.{name}.gold_nll_per_token", f"gold solution NLL [{name}] (nats/token)", False)
     ece = ItemMetric(f"math.{name}.ece", f"math calibration ECE [{name}] (0-1)", False, "ece")
+    rows = read_jsonl(path)
     for r in rows:
-        acc.values[r["id"]] = 100.0 * bool(r["correct"])
         nll.values[r["id"]] = float(r["gold_nll_per_token"])
         ece.values[r["id"]] = (float(r["confidence"]), bool(r["correct"]))
     gens = path.with_name(f"generations_{name}.jsonl")
     if not gens.exists():
+        acc = ItemMetric(f"math.{name}.accuracy_flexible_pct", f"math accuracy, flexible [{name}] (%)", True)
+        acc.values = {r["id"]: 100.0 * bool(r["correct"]) for r in rows}
         return [acc, nll, ece]
     pairs = list(iter_jsonl(gens, tolerate_torn=False))
-    lines, grows = [line for line, _ in pairs], [r for _, r in pairs]
-    per = row_accuracy(grows, PROTOCOLS, path=gens, lines=lines)
+    for line, r in pairs:
+        if "id" not in r:
+            raise InputError(gens, line, "id", "is missing")
+    per = row_accuracy([r for _, r in pairs], PROTOCOLS, path=gens, lines=[line for line, _ in pairs])
     accs = []
     for proto in PROTOCOLS:
         m = ItemMetric(f"math.{name}.accuracy_{proto}_pct", f"math accuracy, {proto} [{name}] (%)", True)
-        for line, r, v in zip(lines, grows, per[proto]):
-            if "id" not in r:
-                raise InputError(gens, line, "id", "is missing")
-            m.values[r["id"]] = 100.0 * v
+        m.values = {r["id"]: 100.0 * v for (_, r), v in zip(pairs, per[proto])}
         accs.append(m)
     return accs + [nll, ece]
 

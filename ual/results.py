@@ -33,6 +33,10 @@ HEADLINE: list[tuple[str, str, bool]] = [
 ]
 
 
+# The top-level metrics.json sections the headline reads: a section added to HEADLINE is read with no other change.
+_HEADLINE_SECTIONS = frozenset(pattern.split(".")[0] for pattern, _, _ in HEADLINE)
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     """Nested dict -> {"a.b.c": value} for scalar leaves (lists are skipped)."""
     out: dict[str, Any] = {}
@@ -77,7 +81,7 @@ def metrics_frame(run_dir: str | Path):
 
     rows = []
     for m in load_metrics(run_dir):
-        flat = flatten({k: v for k, v in m.items() if k in ("controlled", "math", "chat", "winrate", "clustering")})
+        flat = flatten({k: v for k, v in m.items() if k in _HEADLINE_SECTIONS})
         for key, label, hib in headline_keys(flat):
             v = flat[key]
             if v is None or (isinstance(v, float) and math.isnan(v)):

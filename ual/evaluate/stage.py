@@ -147,7 +147,7 @@ def _math_extras(model, tok, recs, gens_path: Path, out_path: Path, cfg: EvalCon
         return
     gens = {r["id"]: r for r in read_jsonl(gens_path)}
     nll = gold_answer_nll(model, tok, recs, template=template, batch_size=cfg.batch_size)
-    outputs = [gens[r.id]["output"] if isinstance(gens[r.id]["output"], str) else gens[r.id]["output"][0] for r in recs]
+    outputs = [_first_output(gens[r.id]) for r in recs]
     answers = [extract_answer(o, "flexible") for o in outputs]
     # Confidence: p(answer tokens as written | prompt, the model's own reasoning before them).
     written = [None if a is None else _answer_as_written(o, a) for o, a in zip(outputs, answers)]
@@ -166,6 +166,8 @@ def chat_extras(model, tok, recs, gens_path: Path, out_path: Path, *, batch_size
     ``reference_nll_per_token`` (nats/token of the reference response given the prompt: how much of the reference
     writer's distribution the model keeps), ``distinct_1`` / ``distinct_2`` of the model's (first) output (0-1,
     null for outputs shorter than n words) and ``output_chars``."""
+    import math
+
     from ual.evaluate.diversity import distinct_n
     from ual.evaluate.likelihood import gold_answer_nll
     from ual.io import write_jsonl
@@ -179,12 +181,17 @@ def chat_extras(model, tok, recs, gens_path: Path, out_path: Path, *, batch_size
     nll = gold_answer_nll(model, tok, recs, template=template, batch_size=batch_size)
     rows = []
     for r, n in zip(recs, nll):
-        o = gens[r.id]["output"]
-        o = o if isinstance(o, str) else o[0]
+        o = _first_output(gens[r.id])
         d1, d2 = distinct_n(o, 1), distinct_n(o, 2)
-        rows.append({"id": r.id, "reference_nll_per_token": n, "distinct_1": None if d1 != d1 else d1,
-                     "distinct_2": None if d2 != d2 else d2, "output_chars": len(o)})
+        rows.append({"id": r.id, "reference_nll_per_token": n, "distinct_1": None if math.isnan(d1) else d1,
+                     "distinct_2": None if math.isnan(d2) else d2, "output_chars": len(o)})
     write_jsonl(out_path, rows)
+
+
+def _first_output(row: dict) -> str:
+    """The (first) output of a generations row: ``output`` is a string, or a list of n sampled strings."""
+    o = row["output"]
+    return o if isinstance(o, str) else o[0]
 
 
 def _answer_as_written(output: str, normalised: str) -> str | None:
@@ -346,13 +353,14 @@ def metrics_from_files(run_dir: str | Path, entry: dict, cfg: EvalConfig) -> dic
 
 # --------------------------------------------------------------------------------------------------- stage
 
-def expected_files(cfg: EvalConfig, run_dir: str | Path, name: str) -> list[Path]:
+def expected_files(cfg: EvalConfig, run_dir: str | Path, name: str, sets: dict | None = None) -> list[Path]:
     """The files a complete evaluation of model ``name`` leaves under ``evaluate/<name>/`` for this config. A model
     whose metrics exist but that lacks one of them (e.g. a file that a newer version adds) is evaluated again, and
-    only the missing pieces are computed (every other step finds its file and skips)."""
+    only the missing pieces are computed (every other step finds its file and skips). ``sets``: the run's
+    :func:`eval_sets`, when the caller has them already."""
     out = Path(run_dir) / "evaluate" / name
     files = [out / "metrics.json"]
-    for set_name, s in eval_sets(run_dir).items():
+    for set_name, s in (eval_sets(run_dir) if sets is None else sets).items():
         if s["kind"] == "controlled":
             files.append(out / "controlled" / "scores.jsonl")
         elif s["kind"] == "math":
@@ -369,13 +377,14 @@ def expected_files(cfg: EvalConfig, run_dir: str | Path, name: str) -> list[Path
 def evaluate_run(cfg: EvalConfig, run_dir: str | Path, *, progress: bool = True) -> list[dict]:
     """Evaluate every model of the run (see module doc); models whose metrics exist for this config are skipped."""
     run_dir = Path(run_dir)
-    if not eval_sets(run_dir):
+    sets = eval_sets(run_dir)
+    if not sets:
         raise InputError(run_dir / "data", None, "eval_*.jsonl", "the run has no evaluation sets")
     results = []
     for entry in models_to_evaluate(cfg, run_dir):
         mpath = run_dir / "evaluate" / entry["name"] / "metrics.json"
         if (mpath.exists() and read_json(mpath).get("config") == dataclasses.asdict(cfg)
-                and all(p.exists() for p in expected_files(cfg, run_dir, entry["name"]))):
+                and all(p.exists() for p in expected_files(cfg, run_dir, entry["name"], sets))):
             results.append(read_json(mpath))
             continue
         print(f"evaluating {entry['name']}", flush=True)
