@@ -31,10 +31,10 @@ TASKS = ("likelihood", "local", "generate")
 
 def _records(n: int):
     if GSM8K.exists():
-        from ual.data import load_file
+        from ual.data.records import load_file
 
         return load_file(GSM8K)[:n]
-    from ual.controlled import make_dataset
+    from ual.data.controlled import make_dataset
 
     return make_dataset(n, 0, 1, 1)[0][:n]
 
@@ -58,7 +58,7 @@ def _timer(task: str, c: dict, records, tmp: Path):
                 loaded["lm"], loaded["tok"] = b._load()
             return b
 
-        import ual.elicit.run as er
+        import ual.elicit.scoring as er
 
         er.make_backend = cached_backend
 
@@ -70,7 +70,7 @@ def _timer(task: str, c: dict, records, tmp: Path):
 
         return timed
     from ual.evaluate.generate import generate
-    from ual.models import load_model, load_tokenizer
+    from ual.common.models import load_model, load_tokenizer
 
     pair = (load_model(c["model"]), load_tokenizer(c["model"]))
 

@@ -3,7 +3,7 @@ default) as the sequence length doubles at a fixed batch, and as the batch doubl
 4, the training part), so that a user can extrapolate from one measured step.
 
 One fresh subprocess with ``OMP_NUM_THREADS=1`` (2 shared cores; see bench_train). The LoRA model (r 8, alpha 16,
-dropout 0.1 on q_proj and v_proj, as ``ual.train``) is in train mode; inputs are random token ids, every token a
+dropout 0.1 on q_proj and v_proj, as ``ual.train.fit``) is in train mode; inputs are random token ids, every token a
 target, eps per sample uniform in [0, 0.2]. Each shape runs once as a warm-up, then all shapes run ``reps`` times
 in a rotating order; ``seconds`` is the median and ``ratio_to_previous`` the median over repetitions of this
 shape's time over the previous (half-size) shape's time in the same repetition. The optimizer step is left out.
@@ -27,7 +27,7 @@ def _child(c: dict) -> dict:
     from peft import LoraConfig, get_peft_model
 
     from ual.loss import final_hidden_states, fused_loss_supported, fused_smoothed_cross_entropy, lm_head_weight
-    from ual.models import load_model
+    from ual.common.models import load_model
 
     torch.set_num_threads(1)
     model = get_peft_model(load_model(c["model"], dtype="float32"), LoraConfig(task_type="CAUSAL_LM", bias="none",

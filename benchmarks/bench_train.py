@@ -65,14 +65,14 @@ class _Window:
 def _records(tokenizer, n: int, T: int, model: str):
     """``n`` records whose chat-template encoding has at least ``T`` tokens (GSM8K train; controlled data for the
     tiny model when GSM8K is absent)."""
-    from ual.formatting import build_example
+    from ual.common.formatting import build_example
 
     if GSM8K.exists():
-        from ual.data import load_file
+        from ual.data.records import load_file
 
         pool = load_file(GSM8K)
     else:
-        from ual.controlled import make_dataset
+        from ual.data.controlled import make_dataset
 
         pool = make_dataset(4 * n, 4 * n, 1, 1)[0]
     out = [r for r in pool if len(build_example(r.messages, tokenizer, template="chat")["input_ids"]) >= T][:n]
@@ -82,7 +82,7 @@ def _records(tokenizer, n: int, T: int, model: str):
 
 
 def _examples(records, tokenizer, T: int) -> list[dict]:
-    from ual.formatting import build_example
+    from ual.common.formatting import build_example
 
     exs = [build_example(r.messages, tokenizer, template="chat", max_length=T) for r in records]
     assert all(len(e["input_ids"]) == T for e in exs)
@@ -107,7 +107,7 @@ def _load_lora_model(model: str):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from ual.models import resolve
+    from ual.common.models import resolve
 
     base = AutoModelForCausalLM.from_pretrained(resolve(model), dtype=torch.float32, trust_remote_code=False)
     return get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", bias="none", **LORA))
@@ -117,9 +117,9 @@ def _run_ual(c: dict, tmp: Path, window: _Window, fused: bool) -> dict:
     import numpy as np
 
     import ual.train as T
-    from ual.data import save_records
-    from ual.io import write_jsonl
-    from ual.models import load_tokenizer
+    from ual.data.records import save_records
+    from ual.common.io import write_jsonl
+    from ual.common.models import load_tokenizer
 
     tok = load_tokenizer(c["model"], padding_side="right")
     records = _records(tok, c["n"], c["T"], c["model"])
@@ -127,26 +127,13 @@ def _run_ual(c: dict, tmp: Path, window: _Window, fused: bool) -> dict:
     rng = np.random.default_rng(0)
     write_jsonl(tmp / "scores.jsonl", ({"id": r.id, "score": float(s)} for r, s in
                                        zip(records, rng.uniform(0, 99, len(records)))))
-    orig = T._make_trainer_class
-
-    def timed_class():
-        cls = orig()
-
-        class Timed(cls):
-            def __init__(self, *a, **k):
-                k["callbacks"] = list(k.get("callbacks") or []) + [window.callback]
-                super().__init__(*a, **k)
-
-        return Timed
-
-    T._make_trainer_class = timed_class
     cfg = T.TrainConfig(model=c["model"], data=str(tmp / "train.jsonl"), scores=str(tmp / "scores.jsonl"),
                         output_dir=str(tmp / "out"), method="ual", mean_eps=0.1, template="chat", max_length=c["T"],
                         batch_size=c["B"], grad_accum=1, max_steps=1 + c["steps"], save_steps=10 ** 6,
                         logging_steps=1, learning_rate=LR, fused_loss=fused, **{"lora_r": LORA["r"],
                         "lora_alpha": LORA["lora_alpha"], "lora_dropout": LORA["lora_dropout"],
                         "lora_targets": LORA["target_modules"]})
-    res = T.fit(cfg, resume=False, progress=False)
+    res = T.fit(cfg, resume=False, progress=False, callbacks=[window.callback])
     manifest = json.loads(res.manifest_path.read_text())
     return {"loss_path": manifest.get("loss_path")}
 
@@ -154,7 +141,7 @@ def _run_ual(c: dict, tmp: Path, window: _Window, fused: bool) -> dict:
 def _run_hf(c: dict, tmp: Path, window: _Window) -> dict:
     from transformers import Trainer, TrainingArguments
 
-    from ual.models import load_tokenizer
+    from ual.common.models import load_tokenizer
 
     tok = load_tokenizer(c["model"], padding_side="right")
     data = _examples(_records(tok, c["n"], c["T"], c["model"]), tok, c["T"])
@@ -171,7 +158,7 @@ def _run_trl(c: dict, tmp: Path, window: _Window) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     import torch
-    from ual.models import load_tokenizer, resolve
+    from ual.common.models import load_tokenizer, resolve
 
     tok = load_tokenizer(c["model"], padding_side="right")
     data = Dataset.from_list(_examples(_records(tok, c["n"], c["T"], c["model"]), tok, c["T"]))
@@ -235,7 +222,7 @@ def lora_flops_per_token(model: str, T: int) -> dict:
     """
     from transformers import AutoConfig
 
-    from ual.models import resolve
+    from ual.common.models import resolve
 
     cfg = AutoConfig.from_pretrained(resolve(model))
     d, L, V = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size

@@ -39,7 +39,7 @@ def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ual.io import atomic_write_json
+    from ual.common.io import atomic_write_json
 
     names = discover()
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])

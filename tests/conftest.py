@@ -8,6 +8,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("UAL_SHARED_DATA", REPO.parent / "shared" / "data"))
+# The data root of profiles (ual.common.paths.data_root): the real datasets beside the repository, as CI has them.
+if "UAL_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
+    os.environ["UAL_DATA_DIR"] = str(SHARED_DATA)
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +32,7 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved tiny random Llama + byte tokenizer folder (about 0.1M parameters)."""
-    from ual.models import build_tiny_model
+    from ual.common.models import build_tiny_model
 
     dest = tmp_path_factory.mktemp("tiny") / "model"
     build_tiny_model(dest)

@@ -10,22 +10,22 @@ import argparse
 import importlib
 import sys
 
-from ual.errors import InputError
+from ual.common.errors import InputError
 
 # command -> (module, help). The module defines configure_<command>(parser) and run_<command>(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "validate": ("ual.data", "check a data file (and a scores file against it)"),
-    "train": ("ual.train", "LoRA fine-tuning with SFT, uniform LS or UAL"),
+    "validate": ("ual.data.cli", "check a data file (and a scores file against it)"),
+    "train": ("ual.train.cli", "LoRA fine-tuning with SFT, uniform LS or UAL"),
     "run": ("ual.pipeline", "run a profile's notebooks end to end with papermill (resumable)"),
-    "figures": ("ual.figures", "rebuild every figure of a run from its saved result files"),
-    "export-results": ("ual.figures", "copy a run's small result files (no weights) to a results folder"),
-    "elicit": ("ual.elicit", "score each training sample's uncertainty (API rater, local LM, likelihood, sampling)"),
-    "score-math": ("ual.evaluate.answers", "GSM8K-style accuracy of generations under each answer protocol"),
-    "winrate": ("ual.evaluate.winrate", "AlpacaEval win rate and length-controlled win rate of annotations"),
+    "figures": ("ual.figures.cli", "rebuild every figure of a run from its saved result files"),
+    "export-results": ("ual.figures.cli", "copy a run's small result files (no weights) to a results folder"),
+    "elicit": ("ual.elicit.cli", "score each training sample's uncertainty (API rater, local LM, likelihood, sampling)"),
+    "score-math": ("ual.evaluate.metrics.answers", "GSM8K-style accuracy of generations under each answer protocol"),
+    "winrate": ("ual.evaluate.metrics.winrate", "AlpacaEval win rate and length-controlled win rate of annotations"),
     "judge": ("ual.evaluate.judge", "pairwise judge of model outputs vs reference outputs (AlpacaEval format)"),
-    "controlled-data": ("ual.controlled", "generate the controlled mixed-entropy benchmark from a seed"),
-    "controlled-metrics": ("ual.controlled", "controlled-benchmark metrics from a saved scores.jsonl and spec.json"),
-    "stats": ("ual.bootstrap", "paired-bootstrap confidence intervals per method and UAL - SFT / UAL - LS differences"),
+    "controlled-data": ("ual.data.cli", "generate the controlled mixed-entropy benchmark from a seed"),
+    "controlled-metrics": ("ual.evaluate.metrics.controlled", "controlled-benchmark metrics from a saved scores.jsonl and spec.json"),
+    "stats": ("ual.figures.cli", "paired-bootstrap confidence intervals per method and UAL - SFT / UAL - LS differences"),
 }
 
 

@@ -23,17 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ual.config import build_config, load_yaml, parse_override
-from ual.errors import InputError
-from ual.resources import PeakRSS
+from ual.common.config import build_config, from_params, load_yaml, parse_override
+from ual.common.errors import InputError
+from ual.common.paths import data_root, notebooks_dir, profiles_dir, resolve_data_path
+from ual.common.resources import PeakRSS
 
-REPO = Path(__file__).resolve().parent.parent
-NOTEBOOKS = REPO / "notebooks"
-PROFILES = REPO / "profiles"
+NOTEBOOKS = notebooks_dir()  # shipped with the package (a link to the checkout's notebooks/)
+PROFILES = profiles_dir()
 KERNEL_NAME = "ual"
 STAGES = ("data", "elicit", "train", "evaluate", "figures")
 NOTEBOOK_OF = {"data": "00_data.ipynb", "elicit": "01_elicit.ipynb", "train": "02_train.ipynb",
                "evaluate": "03_evaluate.ipynb", "figures": "04_figures.ipynb"}
+# Where a stage notebook's default differs from its Config's, so that Run All in JupyterLab works offline (the
+# pipeline injects every value, so runs are unaffected): elicitation defaults to the API rater, which needs a key.
+NOTEBOOK_DEFAULTS: dict[str, dict] = {"elicit": {"backend": "likelihood", "model": "smollm2-135m"}}
 # A setting whose name says it holds a secret (api_key, openai_api_key, auth_token, password...) is refused;
 # naming the environment variable that holds one (api_key_env) is how secrets are passed.
 SECRET_KEY = re.compile(r"(^|_)(api_?key|secret|password|token)$", re.IGNORECASE)
@@ -47,23 +50,26 @@ class RunConfig:
     description: str = ""
 
 
-@dataclass
-class FiguresConfig:
-    """Figures stage. formats: file types to write; dpi: resolution of raster figures."""
-
-    formats: list[str] = dataclasses.field(default_factory=lambda: ["png"])
-    dpi: int = 150
-
-
 def stage_config_classes() -> dict[str, type]:
     """The config dataclass of each stage (imports the stage modules)."""
-    from ual.elicit import ElicitConfig
-    from ual.evaluate.stage import EvalConfig
-    from ual.prepare import PrepareConfig
-    from ual.train import TrainStageConfig
+    import ual.data
+    import ual.elicit
+    import ual.evaluate
+    import ual.figures
+    import ual.train
 
-    return {"data": PrepareConfig, "elicit": ElicitConfig, "train": TrainStageConfig, "evaluate": EvalConfig,
-            "figures": FiguresConfig}
+    return {"data": ual.data.Config, "elicit": ual.elicit.Config, "train": ual.train.Config,
+            "evaluate": ual.evaluate.Config, "figures": ual.figures.Config}
+
+
+def stage_config(cls: type[T], namespace: dict, *, stage: str) -> T:
+    """The config of a stage notebook: from its parameters (``namespace``, i.e. ``globals()``), or, when the
+    ``profile`` parameter names one, from that profile's section for ``stage`` (so a hand run equals the
+    pipeline's)."""
+    profile = namespace.get("profile") or ""
+    if profile:
+        return resolve_profile(profile).stages[stage]
+    return from_params(cls, namespace)
 
 
 def profile_path(name_or_path: str) -> Path:
@@ -156,21 +162,23 @@ def ensure_kernel() -> str:
 
 def dry_run(profile: ResolvedProfile) -> dict:
     """Validate everything that can be checked without loading a model; returns the plan (and estimates)."""
-    from ual.train import variant_name, variants
+    from ual.train.stage import variant_name, variants
 
     plan: dict = {"profile": str(profile.path), "run_id": profile.run_id, "stages": {}}
     data = profile.stages["data"]
     for k, src in enumerate(list(data.train_sources) + list(data.eval_sets)):
-        p = Path(str(src.get("path", "")))
         if not src.get("path"):
             raise InputError(profile.path, None, f"data source {k}", "has no path")
-        where = "local file" if p.exists() else "hub id (needs network)"
-        if not p.exists() and (str(p).endswith((".json", ".jsonl")) or str(p).startswith((".", "/"))):
-            raise InputError(profile.path, None, f"data source {k}.path", f"{p} not found")
+        p = Path(str(src["path"]))
+        local = resolve_data_path(p)
+        where = f"local file {local}" if local else "hub id (needs network)"
+        if local is None and (str(p).endswith((".json", ".jsonl")) or str(p).startswith((".", "/"))):
+            raise InputError(profile.path, None, f"data source {k}.path", f"{p} not found (looked in the working "
+                             f"directory and the data root {data_root()}; set UAL_DATA_DIR)")
         plan["stages"].setdefault("data", []).append(f"{src.get('name', src.get('source', p.stem))}: {p} ({where})")
     train_variants = variants(profile.stages["train"])  # validates every TrainConfig of the grid
     plan["stages"]["train"] = [variant_name(v.method, v.mean_eps, v.seed) for v in train_variants]
-    from ual.estimate import estimate_training
+    from ual.train.estimate import estimate_training
 
     plan["estimate"] = estimate_training(profile)
     for s in STAGES:
@@ -187,9 +195,9 @@ def run(profile: ResolvedProfile, *, runs_root: str | Path = "runs", from_stage:
     """
     import papermill as pm
 
-    from ual.io import check_writable
-    from ual.io import read_json
-    from ual.manifest import environment, now_iso, update_manifest
+    from ual.common.io import check_writable
+    from ual.common.io import read_json
+    from ual.common.manifest import environment, now_iso, update_manifest
 
     for name, value in (("--from", from_stage), ("--only", only)):
         if value is not None and value not in STAGES:

@@ -1,6 +1,7 @@
 """Uncertainty score -> per-sample label-smoothing value (eps).
 
-Pure number code: imports nothing of ``ual`` but the error type. Scores are on a declared range (the paper's
+Pure number code: imports nothing of ``ual`` (callers turn :class:`ScoreError` into a file/line/field message).
+Scores are on a declared range (the paper's
 0-99, higher = more uncertain); eps values are in [0, cap].
 """
 from __future__ import annotations
@@ -9,7 +10,12 @@ from typing import Sequence
 
 import numpy as np
 
-from ual.errors import InputError
+
+
+
+class ScoreError(ValueError):
+    """A score that cannot be mapped (not finite, outside the declared range, wrong count)."""
+
 
 MAPPINGS = ("rescale", "minmax", "uniform", "none")
 DEFAULT_CAP = 0.99  # authors' code: eps is clipped at 0.99 so the target keeps some mass
@@ -21,16 +27,15 @@ def check_scores(scores: Sequence[float] | np.ndarray, score_range: tuple[float,
     """Validate scores (finite, inside ``score_range``, ``n_expected`` long); returns a float64 array [N]."""
     arr = np.asarray(scores, dtype=np.float64).reshape(-1)
     if n_expected is not None and arr.shape[0] != n_expected:
-        raise InputError(source, None, "score", f"{arr.shape[0]} scores for {n_expected} samples")
+        raise ScoreError(f"{arr.shape[0]} scores for {n_expected} samples")
     bad = np.flatnonzero(~np.isfinite(arr))
     if bad.size:
-        raise InputError(source, None, "score", f"score #{bad[0]} is {arr[bad[0]]}; scores must be finite")
+        raise ScoreError(f"score #{bad[0]} is {arr[bad[0]]}; scores must be finite")
     if score_range is not None:
         lo, hi = score_range
         out = np.flatnonzero((arr < lo) | (arr > hi))
         if out.size:
-            raise InputError(source, None, "score",
-                             f"score #{out[0]} = {arr[out[0]]} is outside the declared range [{lo}, {hi}]")
+            raise ScoreError(f"score #{out[0]} = {arr[out[0]]} is outside the declared range [{lo}, {hi}]")
     return arr
 
 
@@ -44,7 +49,7 @@ def rescale_to_mean(scores: Sequence[float] | np.ndarray, target_mean: float, ca
     """
     s = check_scores(scores)
     if (s < 0).any():
-        raise InputError(None, None, "score", "rescale_to_mean needs non-negative scores")
+        raise ScoreError("rescale_to_mean needs non-negative scores")
     if not 0 <= target_mean < 1:
         raise ValueError(f"target_mean must be in [0, 1), got {target_mean}")
     if not 0 < cap < 1:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ual.errors import InputError
-from ual.io import check_writable
+from ual.common.errors import InputError
+from ual.common.io import check_writable
 
 
 def test_unwritable_output_dir_fails_before_training(tmp_path):
@@ -25,7 +25,7 @@ def test_disk_space_check():
 
 
 def test_pickled_weights_need_an_explicit_flag(tmp_path, tiny_model_dir):
-    from ual.models import load_model
+    from ual.common.models import load_model
 
     model = load_model(str(tiny_model_dir))
     pickled = tmp_path / "pickled"

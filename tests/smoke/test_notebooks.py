@@ -57,14 +57,14 @@ def test_forced_rerun_keeps_the_earlier_attempt_in_the_manifest(tiny_run):
 
 def test_figures_rebuild_from_exported_files_alone(tiny_run, tmp_path):
     from ual.__main__ import main
-    from ual.results import markdown_summary
+    from ual.figures.results import markdown_summary
 
     _, run_dir = tiny_run
     exported = tmp_path / "results"
     assert main(["export-results", "--run", str(run_dir), "--out", str(exported)]) == 0
     assert not list(exported.rglob("*.safetensors")) and not list(exported.rglob("checkpoint-*"))
     assert main(["figures", "--run", str(exported)]) == 0
-    from ual.figures import FIGURES
+    from ual.figures.plots import FIGURES
 
     assert sorted(p.stem for p in (exported / "figures").glob("*.png")) == sorted(FIGURES)
     table = markdown_summary(exported)

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from ual.errors import InputError
-from ual.evaluate.answers import (PROTOCOL_VERSION, PROTOCOLS, extract_answer, gold_answer, is_correct,
+from ual.common.errors import InputError
+from ual.evaluate.metrics.answers import (PROTOCOL_VERSION, PROTOCOLS, extract_answer, gold_answer, is_correct,
                                   normalize_number, number_tokens, row_accuracy, score_math, score_math_file)
 
 

@@ -1,4 +1,4 @@
-"""ual.api: the chat client against the fake OpenAI server, with injected faults."""
+"""ual.common.api: the chat client against the fake OpenAI server, with injected faults."""
 from __future__ import annotations
 
 import sys
@@ -12,8 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_openai import FakeOpenAI, drop_connection, http_error, not_json, reply, slow, truncated  # noqa: E402
 
-from ual.api import ChatClient, parse_retry_after, run_concurrent  # noqa: E402
-from ual.errors import InputError  # noqa: E402
+from ual.common.api import ChatClient, parse_retry_after, run_concurrent  # noqa: E402
+from ual.common.errors import InputError  # noqa: E402
 
 KEY = "sk-SENTINEL-api-0123456789"
 

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from ual.bootstrap import bootstrap_table, default_comparisons, item_metrics, markdown_tables, pair_wins
-from ual.evaluate.calibration import expected_calibration_error
+from ual.figures.bootstrap import bootstrap_table, default_comparisons, item_metrics, markdown_tables, pair_wins
+from ual.evaluate.metrics.calibration import expected_calibration_error
 
 
 def _model(run, name, method, eps, seed, rows, pairs=None):
@@ -90,7 +90,7 @@ def test_default_comparisons():
 def test_reference_run_matches_its_metrics():
     from pathlib import Path
 
-    from ual.results import load_metrics
+    from ual.figures.results import load_metrics
 
     ref = Path(__file__).resolve().parents[2] / "results" / "quickstart"
     if not (ref / "evaluate").exists():
@@ -103,7 +103,7 @@ def test_reference_run_matches_its_metrics():
 
 
 def test_stage_costs_reads_manifests(tmp_path):
-    from ual.results import stage_costs
+    from ual.figures.results import stage_costs
 
     (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"train": {"status": "complete", "seconds": 12.5,
                                                                              "peak_rss_gib": 1.25}}}))
@@ -120,7 +120,7 @@ def test_stage_costs_reads_manifests(tmp_path):
 
 
 def test_scores_get_sources_from_eps_tables_when_training_text_is_not_exported(tmp_path):
-    from ual.results import scores_with_sources
+    from ual.figures.results import scores_with_sources
 
     (tmp_path / "elicit").mkdir()
     (tmp_path / "elicit" / "scores.jsonl").write_text(json.dumps({"id": "a", "score": 1.5, "backend": "likelihood"})
@@ -133,7 +133,7 @@ def test_scores_get_sources_from_eps_tables_when_training_text_is_not_exported(t
 
 
 def test_win_rate_items_skip_failed_verdicts(tmp_path):
-    from ual.bootstrap import _winrate_items
+    from ual.figures.bootstrap import _winrate_items
 
     path = tmp_path / "annotations_alpaca_eval.json"
     path.write_text(json.dumps([{"instruction": "a", "preference": 2.0}, {"instruction": "b", "preference": 1.5},
@@ -143,8 +143,8 @@ def test_win_rate_items_skip_failed_verdicts(tmp_path):
 
 
 def test_math_protocols_come_from_generations_when_present(run):
-    from ual.evaluate.answers import score_math_file
-    from ual.errors import InputError
+    from ual.evaluate.metrics.answers import score_math_file
+    from ual.common.errors import InputError
 
     outputs = {"q0": "so #### 3", "q1": "The answer is: 4", "q2": "maybe 5 or 6"}
     gold = {"q0": "3", "q1": "4", "q2": "5"}
@@ -178,7 +178,7 @@ def test_committed_real_data_study_matches_its_metrics():
     """The per-item files of the committed real-data study rebuild every pooled mean in its metrics.json."""
     from pathlib import Path
 
-    from ual.results import load_metrics
+    from ual.figures.results import load_metrics
 
     ref = Path(__file__).resolve().parents[2] / "results" / "study-real"
     if not (ref / "evaluate").exists():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ual.evaluate.calibration import expected_calibration_error, reliability_bins
+from ual.evaluate.metrics.calibration import expected_calibration_error, reliability_bins
 
 
 def test_hand_computed_ece():

@@ -6,12 +6,13 @@ import math
 
 import pytest
 
-from ual.data import Record
-from ual.errors import InputError
-from ual.evaluate.diversity import distinct_n, words
+from ual.data.records import Record
+from ual.common.errors import InputError
+from ual.evaluate.metrics.diversity import distinct_n, words
 from ual.evaluate.likelihood import gold_answer_nll
-from ual.evaluate.stage import chat_extras, chat_metrics
-from ual.models import build_tiny_model
+from ual.evaluate.metrics.run_files import chat_metrics
+from ual.evaluate.stage import chat_extras
+from ual.common.models import build_tiny_model
 
 
 def test_distinct_n_dense_reference():
@@ -64,7 +65,7 @@ def test_chat_extras_rows_match_their_references(tmp_path):
 
 
 def test_chat_items_in_bootstrap(tmp_path):
-    from ual.bootstrap import bootstrap_table
+    from ual.figures.bootstrap import bootstrap_table
 
     for name, method, eps, shift in (("sft_seed1", "sft", 0.0, 0.0), ("ual_eps0.1_seed1", "ual", 0.1, -0.5)):
         d = tmp_path / "evaluate" / name
@@ -99,16 +100,16 @@ def test_a_model_missing_a_newer_file_is_evaluated_again(tmp_path, monkeypatch):
                                                       out / "chat_alpaca_eval.jsonl"]
     called = []
     monkeypatch.setattr(stage, "evaluate_model", lambda entry, *a, **k: called.append(entry["name"]) or {})
-    stage.evaluate_run(cfg, run, progress=False)
+    stage.run(cfg, run, progress=False)
     assert called == ["base"]  # chat_alpaca_eval.jsonl is missing
     (out / "chat_alpaca_eval.jsonl").write_text("")
     called.clear()
-    stage.evaluate_run(cfg, run, progress=False)
+    stage.run(cfg, run, progress=False)
     assert called == []  # complete: skipped
 
 
 def test_chat_metrics_are_headline_metrics(tmp_path):
-    from ual.results import markdown_summary, metrics_frame
+    from ual.figures.results import markdown_summary, metrics_frame
 
     d = tmp_path / "evaluate" / "sft_seed1"
     d.mkdir(parents=True)

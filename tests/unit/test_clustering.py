@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ual.evaluate.clustering import collect_hidden_states, pairwise_silhouette
-from ual.models import build_tiny_model
+from ual.common.models import build_tiny_model
 
 
 def _gaussians(sep: float, n=(200, 150, 120), dim=16, seed=0):
@@ -47,7 +47,7 @@ def test_top_k_all_pairs_cap_and_seed():
 
 
 def test_collect_hidden_states_matches_final_norm_output(tiny_model_dir):
-    from ual.models import load_model, load_tokenizer
+    from ual.common.models import load_model, load_tokenizer
 
     model, tok = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
     texts = ["hello world", "a", "the cat sat on the mat"]
@@ -77,7 +77,7 @@ def test_collect_hidden_states_through_peft():
 
 
 def test_truncation_to_max_length(tiny_model_dir):
-    from ual.models import load_model, load_tokenizer
+    from ual.common.models import load_model, load_tokenizer
 
     model, tok = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
     feats, labels = collect_hidden_states(model, tok, ["x" * 50], max_length=16)

@@ -7,12 +7,13 @@ import re
 
 import pytest
 
-from ual.controlled import (CATEGORIES, HIGH_SOURCE, HIGH_TEMPLATES, LOW_SOURCE, LOW_TEMPLATES, SAMPLE_KL_ALPHA,
-                            controlled_metrics, controlled_metrics_file, entropy, entropy_class_auroc,
-                            load_dataset, make_dataset, normalise_answer, save_dataset, score_controlled)
-from ual.data import Record
-from ual.errors import InputError
-from ual.io import read_jsonl
+from ual.data.controlled import (CATEGORIES, HIGH_SOURCE, HIGH_TEMPLATES, LOW_SOURCE, LOW_TEMPLATES, SAMPLE_KL_ALPHA,
+                                 entropy, load_dataset, make_dataset, normalise_answer, save_dataset)
+from ual.evaluate.controlled import score_controlled
+from ual.evaluate.metrics.controlled import controlled_metrics, controlled_metrics_file, entropy_class_auroc
+from ual.data.records import Record
+from ual.common.errors import InputError
+from ual.common.io import read_jsonl
 
 
 def _as_json(records):
@@ -183,12 +184,12 @@ def test_entropy_class_auroc():
     assert entropy_class_auroc({"a": 1, "b": 90, "c": 2, "d": 80}, recs) == 0.5
     with pytest.raises(InputError, match="no score"):
         entropy_class_auroc({"a": 1}, recs)
-    with pytest.raises(InputError, match="both families"):
+    with pytest.raises(InputError, match="both groups"):
         entropy_class_auroc({"a": 1, "b": 2}, recs[:2])
 
 
 def test_score_controlled_end_to_end_and_resume(tmp_path):
-    from ual.models import build_tiny_model
+    from ual.common.models import build_tiny_model
 
     pair = build_tiny_model(None, seed=2)
     _, evals, spec = make_dataset(0, 0, 2, 2, seed=0)

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from ual.__main__ import main
-from ual.data import gsm8k_final_answer, load_file, load_scores, mix, save_records, load_records
-from ual.errors import InputError
+from ual.data.records import gsm8k_final_answer, load_file, load_scores, mix, save_records, load_records
+from ual.common.errors import InputError
 
 
 def _write(p, rows):

@@ -12,12 +12,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_openai import FakeOpenAI, drop_connection, http_error, not_json, reply, slow, truncated  # noqa: E402
 
-from ual.data import Record, save_records  # noqa: E402
+from ual.data.records import Record, save_records  # noqa: E402
 from ual.elicit import (ElicitConfig, elicit, lca_reconstruction, load_prompt, parse_score,  # noqa: E402
                         predictive_entropy, rank_agreement, scores_summary, separation_auroc)
-from ual.elicit import run as run_mod  # noqa: E402
-from ual.errors import InputError  # noqa: E402
-from ual.io import JsonlAppender, read_jsonl  # noqa: E402
+from ual.elicit import scoring as run_mod  # noqa: E402
+from ual.common.errors import InputError  # noqa: E402
+from ual.common.io import JsonlAppender, read_jsonl  # noqa: E402
 
 KEY = "sk-SENTINEL-elicit-9f8e7d6c5b4a"
 
@@ -131,7 +131,7 @@ def test_rerun_skips_finished_and_retries_failed_only_when_asked(server, api_cfg
     assert len(server.prompts) == n_before + 2 and s["scored"] == 2
     assert server.count("item0x") == 1 and server.count("item2x") == 2
     assert s["file_missing"] == 0
-    from ual.data import load_scores
+    from ual.data.records import load_scores
     assert load_scores(out, recs) == {f"s{i}": 3.0 * i for i in range(6)}
 
 
@@ -282,7 +282,7 @@ def test_model_backends_give_nonnegative_finite_scores(tiny_model_dir, tiny_reco
 
 
 def test_batched_likelihood_equals_unbatched(tiny_model_dir, tiny_records):
-    from ual.elicit.lm import LikelihoodBackend, response_token_stats
+    from ual.elicit.backends.lm import LikelihoodBackend, response_token_stats
 
     b = LikelihoodBackend(_model_cfg(tiny_model_dir, "likelihood"))
     lm, tok = b._load()
@@ -303,7 +303,7 @@ def test_batched_likelihood_equals_unbatched(tiny_model_dir, tiny_records):
 def test_local_rating_distribution_matches_full_forward(tiny_model_dir, tiny_records, short_prompt):
     import torch
 
-    from ual.elicit.lm import LocalBackend
+    from ual.elicit.backends.lm import LocalBackend
 
     b = LocalBackend(_model_cfg(tiny_model_dir, "local", prompt_file=short_prompt))
     lm, tok = b._load()

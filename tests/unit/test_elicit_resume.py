@@ -14,8 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_openai import FakeOpenAI  # noqa: E402
 
-from ual.data import Record, save_records  # noqa: E402
-from ual.io import read_jsonl  # noqa: E402
+from ual.data.records import Record, save_records  # noqa: E402
+from ual.common.io import read_jsonl  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "sk-SENTINEL-resume-13579"

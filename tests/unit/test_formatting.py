@@ -1,8 +1,8 @@
 """Prompt/response boundaries are exact and generation prompts match training encodings."""
 import pytest
 
-from ual.formatting import build_example, encode_prompt, encode_prompt_and_response
-from ual.models import byte_tokenizer
+from ual.common.formatting import build_example, encode_prompt, encode_prompt_and_response
+from ual.common.models import byte_tokenizer
 
 MSGS = [{"role": "user", "content": "What is 2+3?"}, {"role": "assistant", "content": "5"}]
 

@@ -255,7 +255,7 @@ def test_fused_loss_supported_rejects_lora_on_lm_head_and_hooks():
 
 
 def test_fused_loss_supported_on_the_package_tiny_model():
-    from ual.models import build_tiny_model
+    from ual.common.models import build_tiny_model
 
     model, _ = build_tiny_model()
     assert fused_loss_supported(model) == (True, "")

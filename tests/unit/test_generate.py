@@ -4,11 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ual.errors import InputError
-from ual.evaluate.generate import generate, left_pad
-from ual.formatting import encode_prompt
-from ual.io import read_jsonl
-from ual.models import build_tiny_model
+from ual.common.errors import InputError
+from ual.common.batching import left_pad
+from ual.evaluate.generate import generate
+from ual.common.formatting import encode_prompt
+from ual.common.io import read_jsonl
+from ual.common.models import build_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_loads_a_model_folder_by_path(tiny_model_dir, tmp_path):
 def test_adapter_folder_equals_merged_model(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from ual.models import load_model, load_tokenizer
+    from ual.common.models import load_model, load_tokenizer
 
     model = load_model(str(tiny_model_dir))
     wrapped = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))

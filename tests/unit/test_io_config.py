@@ -4,9 +4,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ual.config import build_config, load_config
-from ual.errors import InputError
-from ual.io import JsonlAppender, atomic_write_json, read_jsonl
+from ual.common.config import build_config, load_config
+from ual.common.errors import InputError
+from ual.common.io import JsonlAppender, atomic_write_json, read_jsonl
 
 
 def test_appender_isolates_a_torn_line(tmp_path):

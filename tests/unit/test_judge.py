@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from ual.errors import InputError
-from ual.evaluate.export import (model_outputs_from_generations, order_like_reference, read_model_outputs,
+from ual.common.errors import InputError
+from ual.evaluate.metrics.model_outputs import (model_outputs_from_generations, order_like_reference, read_model_outputs,
                                  write_model_outputs)
 from ual.evaluate.judge import (JUDGE_PROMPT_VERSION, LocalJudge, OpenAIJudge, cache_key, judge_messages,
                                 judge_outputs, position_agreement, verdict_from_reply)
-from ual.evaluate.winrate import validate_annotations, win_rate
+from ual.evaluate.metrics.winrate import validate_annotations, win_rate
 
 INSTRUCTIONS = ["Name a colour.", "What is 2 + 2?", "Greet me."]
 
@@ -125,7 +125,7 @@ def _fake_openai():
 
 def test_openai_judge_against_fake_server(tmp_path):
     fake = _fake_openai()
-    ChatClient = pytest.importorskip("ual.api").ChatClient
+    ChatClient = pytest.importorskip("ual.common.api").ChatClient
 
     def responder(prompt):
         # A judge with a known answer: M unless the first output says "Hi there".
@@ -182,7 +182,7 @@ def test_export_roundtrip_and_order(tmp_path):
 
 
 def test_model_outputs_from_generations(tmp_path):
-    from ual.data import Record
+    from ual.data.records import Record
 
     recs = [Record(f"ae-{k}", "alpaca_eval", [{"role": "user", "content": i}], category="test")
             for k, i in enumerate(INSTRUCTIONS)]

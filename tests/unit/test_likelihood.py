@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from ual.data import Record
+from ual.data.records import Record
 from ual.evaluate.likelihood import (answer_confidence, answer_logprobs, continuation_logprobs, final_answer_text,
                                      gold_answer_nll, token_logprobs)
-from ual.formatting import encode_prompt_and_response
-from ual.models import build_tiny_model
+from ual.common.formatting import encode_prompt_and_response
+from ual.common.models import build_tiny_model
 
 
 @pytest.fixture(scope="module")

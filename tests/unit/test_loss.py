@@ -204,7 +204,7 @@ def test_causal_shift_on_peft_wrapped_model():
     """eps = 0 on a LoRA-wrapped model's logits with shift=True reproduces the model's own (shifted) loss."""
     from peft import LoraConfig, get_peft_model
 
-    from ual.models import build_tiny_model
+    from ual.common.models import build_tiny_model
 
     model, _ = build_tiny_model()
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],

@@ -6,28 +6,35 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ual.errors import InputError
-from ual.pipeline import NOTEBOOK_OF, NOTEBOOKS, PROFILES, STAGES, dry_run, resolve_profile, stage_config_classes
+from ual.common.errors import InputError
+from ual.common.config import parameters_cell
+from ual.pipeline import (NOTEBOOK_DEFAULTS, NOTEBOOK_OF, NOTEBOOKS, PROFILES, STAGES, dry_run, resolve_profile,
+                          stage_config_classes)
 
 
-def _parameters(stage):
+def _parameters_cell(stage):
     nb = nbformat.read(NOTEBOOKS / NOTEBOOK_OF[stage], as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
-    ns: dict = {}
-    exec(tagged[0].source, ns)
-    return {k: v for k, v in ns.items() if not k.startswith("__") and k != "Optional"}
+    return tagged[0].source
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_parameters_cell_mirrors_the_stage_config(stage):
     cls = stage_config_classes()[stage]
-    params = _parameters(stage)
-    assert params.pop("run_dir")
+    source = _parameters_cell(stage)
+    # the cell is the generated one: same names, defaults and help texts as the Config
+    assert source == parameters_cell(cls, overrides=NOTEBOOK_DEFAULTS.get(stage))
+    ns: dict = {}
+    exec(source, ns)
+    params = {k: v for k, v in ns.items() if not k.startswith("__") and k != "Optional"}
+    assert params.pop("run_dir") and params.pop("profile") == ""
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 for f in dataclasses.fields(cls)}
+    defaults.update(NOTEBOOK_DEFAULTS.get(stage, {}))
     assert params == defaults
+    assert all(f.metadata.get("help") for f in dataclasses.fields(cls)), "every field is documented"
 
 
 @pytest.mark.parametrize("profile", sorted(p.stem for p in PROFILES.glob("*.yaml")))

@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from ual.resources import PeakRSS
+from ual.common.resources import PeakRSS
 
 
 def test_peak_rss_sees_a_child_allocation():

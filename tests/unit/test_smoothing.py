@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from ual.errors import InputError
-from ual.smoothing import eps_for_method, minmax_to_range, rescale_to_mean, uniform
+from ual.common.errors import InputError
+from ual.smoothing import ScoreError, eps_for_method, minmax_to_range, rescale_to_mean, uniform
 
 
 def test_rescale_is_proportional_when_nothing_is_capped():
@@ -34,14 +34,14 @@ def test_unreachable_mean_is_an_error():
 
 @pytest.mark.parametrize("bad", [[1, float("nan")], [1, float("inf")]])
 def test_non_finite_scores_are_input_errors(bad):
-    with pytest.raises(InputError, match="finite"):
+    with pytest.raises(ScoreError, match="finite"):
         rescale_to_mean(bad, 0.1)
 
 
 def test_scores_outside_range_and_wrong_length_are_input_errors():
-    with pytest.raises(InputError, match="outside"):
+    with pytest.raises(ScoreError, match="outside"):
         eps_for_method("ual", [10, 150], 2, mean_eps=0.1)
-    with pytest.raises(InputError, match="2 scores for 3"):
+    with pytest.raises(ScoreError, match="2 scores for 3"):
         eps_for_method("ual", [10, 15], 3, mean_eps=0.1)
 
 

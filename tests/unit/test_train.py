@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ual.errors import InputError
-from ual.train import SmoothingCollator, TrainConfig, fit, load_train_config, sample_eps
+from ual.common.errors import InputError
+from ual.train import TrainConfig, UALCollator, fit, sample_eps
+from ual.train.cli import load_train_config
 
 
 def _write_data(d: Path, n: int = 8) -> tuple[Path, Path]:
@@ -37,7 +38,7 @@ def _cfg(tmp_path, model_dir, **kw) -> TrainConfig:
 
 
 def test_sample_eps_per_method(tmp_path, tiny_model_dir):
-    from ual.data import load_records
+    from ual.data.records import load_records
 
     cfg = _cfg(tmp_path, tiny_model_dir, mean_eps=0.2)
     recs = load_records(cfg.data)
@@ -51,7 +52,7 @@ def test_sample_eps_per_method(tmp_path, tiny_model_dir):
 
 
 def test_ual_without_scores_is_an_input_error(tmp_path, tiny_model_dir):
-    from ual.data import load_records
+    from ual.data.records import load_records
 
     cfg = _cfg(tmp_path, tiny_model_dir, scores=None)
     with pytest.raises(InputError, match="scores"):
@@ -59,7 +60,7 @@ def test_ual_without_scores_is_an_input_error(tmp_path, tiny_model_dir):
 
 
 def test_collator_pads_and_keeps_eps():
-    col = SmoothingCollator(pad_token_id=0)
+    col = UALCollator(pad_token_id=0)
     batch = col([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "eps": 0.3},
                  {"input_ids": [8], "labels": [8], "eps": 0.0}])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]

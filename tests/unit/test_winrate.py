@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 from scipy.special import expit
 
-from ual.errors import InputError
-from ual.evaluate.winrate import (check_against_reference, evaluate_annotations, fit_length_controlled, judge_agreement,
+from ual.common.errors import InputError
+from ual.evaluate.metrics.winrate import (check_against_reference, evaluate_annotations, fit_length_controlled, judge_agreement,
                                   length_controlled_win_rate, length_feature, validate_annotations, win_rate)
 
 MODELS = ("alpaca-7b", "text_davinci_001")
@@ -133,8 +133,8 @@ def test_lc_without_length_effect_equals_raw_win_rate(tmp_path):
 
 def test_lc_none_and_missing_difficulty(tmp_path, monkeypatch):
     monkeypatch.delenv("UAL_ALPACA_EVAL_DIR", raising=False)
-    monkeypatch.setattr("ual.evaluate.winrate._alpaca_eval_available", lambda: False)
-    monkeypatch.setattr("ual.evaluate.winrate._SHARED_ALPACA_EVAL", tmp_path / "absent")
+    monkeypatch.setattr("ual.evaluate.metrics.winrate._alpaca_eval_available", lambda: False)
+    monkeypatch.setattr("ual.evaluate.metrics.winrate._default_file", lambda name: None)
     rows = _rows([0.0] * 20, [10] * 20, [12 + i for i in range(20)], [0.5] * 20)
     r = length_controlled_win_rate(rows, method="auto")
     assert r["lc_method"] == "none" and r["length_controlled_winrate"] is None and "no LC" in r["lc_note"]
@@ -182,7 +182,7 @@ def test_check_against_reference():
 def test_winrate_cli(tmp_path, capsys, shared_data, monkeypatch):
     from ual.__main__ import main
 
-    monkeypatch.setattr("ual.evaluate.winrate._alpaca_eval_available", lambda: False)
+    monkeypatch.setattr("ual.evaluate.metrics.winrate._alpaca_eval_available", lambda: False)
     d = shared_data / "alpaca_eval"
     monkeypatch.setenv("UAL_ALPACA_EVAL_DIR", str(d))
     ann = d / "annotations" / "alpaca-7b.weighted_alpaca_eval_gpt4_turbo.json"

@@ -9,9 +9,9 @@ import typing
 
 import yaml
 
-from ual.config import build_config, load_yaml
+from ual.common.config import build_config, load_yaml
 from ual.elicit.config import ElicitConfig
-from ual.errors import InputError
+from ual.common.errors import InputError
 
 
 def _flag(name: str) -> str:
@@ -83,8 +83,8 @@ def config_from_args(args: argparse.Namespace) -> ElicitConfig:
 
 
 def run_elicit(args: argparse.Namespace) -> int:
-    from ual.data import load_file
-    from ual.elicit.run import elicit
+    from ual.data.records import load_file
+    from ual.elicit.scoring import elicit
 
     cfg = config_from_args(args)
     records = load_file(args.data)

@@ -4,14 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ual.common.config import setting as _f
+
 BACKENDS = ("openai", "local", "likelihood", "sampling", "source")
-
-
-def _f(default, help_text: str, **kw):
-    """A dataclass field whose help text also becomes the CLI flag's help."""
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help_text}, **kw)
-    return field(default=default, metadata={"help": help_text}, **kw)
 
 
 @dataclass
@@ -56,7 +51,7 @@ class ElicitConfig:
                                  "Default: ual/prompts/need_for_diversity_v1.txt (our wording of the paper's "
                                  "0-99 need-for-diversity prompt).")
     # ------------------------------------------------------------------------------------------ local models
-    template: Literal["chat", "paper"] = _f("chat", "local backends: how prompts are tokenized (ual.formatting). "
+    template: Literal["chat", "paper"] = _f("chat", "local backends: how prompts are tokenized (ual.common.formatting). "
                                             "Default chat (SmolLM2's ChatML).")
     max_length: int = _f(1024, "local backends: longest input in tokens (prompt + response); longer samples are "
                          "truncated and flagged. Default 1024 (paper's training max length for Llama-2-7B).")

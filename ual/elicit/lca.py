@@ -26,7 +26,7 @@ def answer_class(text: str, *, math_answer: bool) -> str | None:
     normalised), else ``text:<normalised text>``. None when there is no answer (no number / empty text); the
     caller gives each such answer a class of its own, so unanswered samples count as disagreeing."""
     if math_answer:
-        from ual.evaluate.answers import extract_answer
+        from ual.evaluate.metrics.answers import extract_answer
 
         a = extract_answer(text, "flexible")
         return None if a is None else f"num:{a}"

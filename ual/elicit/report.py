@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ual.data import Record
-from ual.elicit.run import latest_rows
+from ual.data.records import Record
+from ual.elicit.scoring import latest_rows
 
 
 def _scores(path: str | Path) -> dict[str, float]:
@@ -73,11 +73,9 @@ def rank_agreement(paths: Sequence[str | Path] | Mapping[str, str | Path]):
 
 
 def separation_auroc(path: str | Path, records: Sequence[Record], positive_sources: Sequence[str]) -> float:
-    """AUROC of the scores for telling ``positive_sources`` (expected high-uncertainty, e.g. role-play) from the
-    rest, over the scored records: 1.0 = every positive scores above every negative, 0.5 = chance."""
-    from sklearn.metrics import roc_auc_score
+    """AUROC of a scores file for telling ``positive_sources`` (expected high-uncertainty, e.g. role-play) from the
+    rest, over the scored records (:func:`ual.evaluate.metrics.separation.separation_auroc`)."""
+    from ual.evaluate.metrics.separation import separation_auroc as auroc
 
     scores = _scores(path)
-    pos = set(positive_sources)
-    y, s = zip(*[(int(r.source in pos), scores[r.id]) for r in records if r.id in scores])
-    return float(roc_auc_score(y, s))
+    return auroc(scores, [r for r in records if r.id in scores], positive_sources)

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ual.elicit.config import ElicitConfig
 
-def elicit_run(cfg, run_dir: str | Path) -> dict:
-    """Elicit scores for the run's training set with ``cfg`` (an ``ElicitConfig``); resumable. Returns the summary,
-    plus ``auroc_by_family`` when the data are the controlled benchmark (score vs high/low-entropy family)."""
-    from ual.data import load_records
-    from ual.elicit import elicit
+
+def run(cfg: ElicitConfig, run_dir: str | Path) -> dict:
+    """Elicit scores for the run's training set with ``cfg``; resumable. Returns the summary, plus
+    ``auroc_by_family`` when the data are the controlled benchmark (score vs high/low-entropy family)."""
+    from ual.data.records import load_records
+    from ual.elicit.scoring import elicit
 
     run_dir = Path(run_dir)
     records = load_records(run_dir / "data" / "train.jsonl")
@@ -20,20 +22,21 @@ def elicit_run(cfg, run_dir: str | Path) -> dict:
 
 def family_auroc(run_dir: str | Path) -> float | None:
     """AUROC of the run's scores for telling high-entropy training samples from low-entropy ones (controlled data)."""
-    from ual.controlled import entropy_class_auroc
-    from ual.data import load_records
-    from ual.results import scores_with_sources
+    from ual.data.records import load_records
+    from ual.elicit.scoring import latest_rows
+    from ual.evaluate.metrics.controlled import entropy_class_auroc
 
     run_dir = Path(run_dir)
+    rows = latest_rows(run_dir / "elicit" / "scores.jsonl")
+    scores = {i: row["score"] for i, (_, row) in rows.items() if row.get("score") is not None}
     records = load_records(run_dir / "data" / "train.jsonl")
-    scores = {r["id"]: r["score"] for r in scores_with_sources(run_dir) if r["score"] is not None}
     return entropy_class_auroc(scores, [r for r in records if r.id in scores])
 
 
 def scores_table(run_dir: str | Path):
     """Per-source score statistics of the run (pandas DataFrame; see ``ual.elicit.scores_summary``)."""
-    from ual.data import load_records
-    from ual.elicit import scores_summary
+    from ual.data.records import load_records
+    from ual.elicit.report import scores_summary
 
     run_dir = Path(run_dir)
     return scores_summary(run_dir / "elicit" / "scores.jsonl", load_records(run_dir / "data" / "train.jsonl"))

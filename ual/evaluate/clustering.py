@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ual.evaluate.likelihood import right_pad
+from ual.common.batching import right_pad
 
 DEFAULT_CAP = 1000  # our choice: bounds each pair's silhouette to 2000 points
 

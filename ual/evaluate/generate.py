@@ -27,10 +27,11 @@ import hashlib
 from pathlib import Path
 from typing import Any, Sequence
 
-from ual.data import Record
-from ual.errors import InputError
-from ual.formatting import TEMPLATES, encode_prompt
-from ual.io import JsonlAppender, iter_jsonl
+from ual.data.records import Record
+from ual.common.batching import left_pad
+from ual.common.errors import InputError
+from ual.common.formatting import TEMPLATES, encode_prompt
+from ual.common.io import JsonlAppender, iter_jsonl
 
 SETTING_KEYS = ("model", "adapter", "template", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p",
                 "n", "seed", "dtype")
@@ -94,7 +95,7 @@ def _as_records(records: Sequence[Record | dict]) -> list[Record]:
 
 def resolve_model(model, adapter: str | None = None, dtype: str = "float32"):
     """(model, tokenizer, model name) from a name/path or an already-loaded (model, tokenizer) pair."""
-    from ual.models import load_model, load_tokenizer
+    from ual.common.models import load_model, load_tokenizer
 
     if isinstance(model, (tuple, list)):
         if adapter is not None:
@@ -103,20 +104,6 @@ def resolve_model(model, adapter: str | None = None, dtype: str = "float32"):
         name = getattr(getattr(m, "config", None), "_name_or_path", None) or type(m).__name__
         return m, tok, str(name)
     return load_model(str(model), dtype=dtype, adapter=adapter), load_tokenizer(str(model)), str(model)
-
-
-def left_pad(batch_ids: Sequence[Sequence[int]], pad_id: int):
-    """Left-padded ``input_ids`` [B, L] long and ``attention_mask`` [B, L] long (0 on padding)."""
-    import torch
-
-    width = max(len(x) for x in batch_ids)
-    ids = torch.full((len(batch_ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
-    for i, x in enumerate(batch_ids):
-        if x:
-            ids[i, width - len(x):] = torch.tensor(list(x), dtype=torch.long)
-            mask[i, width - len(x):] = 1
-    return ids, mask
 
 
 def _done_ids(path: Path, settings: dict) -> set[str]:

@@ -12,7 +12,7 @@ last line (a kill mid-write) is ignored. Unusable replies are stored as failures
 then gets ``preference: None`` (dropped from the win rate, as alpaca_eval drops NaN), never a guess.
 
 The result is an AlpacaEval annotations list (``output_1`` = reference, ``output_2`` = model, ``preference`` in
-[1, 2] with 2 = the model wins) that :mod:`ual.evaluate.winrate` reads.
+[1, 2] with 2 = the model wins) that :mod:`ual.evaluate.metrics.winrate` reads.
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ual.errors import InputError
-from ual.evaluate.export import read_model_outputs, validate_model_outputs
-from ual.io import JsonlAppender, atomic_write_json, iter_jsonl
+from ual.common.errors import InputError
+from ual.evaluate.metrics.model_outputs import read_model_outputs, validate_model_outputs
+from ual.common.io import JsonlAppender, atomic_write_json, iter_jsonl
 
 # v1: first wording (below). Bump on any change to the prompt text or the labels: cached verdicts are keyed by it.
 JUDGE_PROMPT_VERSION = 1
@@ -88,7 +88,7 @@ class LocalJudge:
 
     def __init__(self, model: str, *, template: str = "chat", batch_size: int = 4, dtype: str = "float32",
                  max_prompt_tokens: int | None = None):
-        from ual.models import load_model, load_tokenizer
+        from ual.common.models import load_model, load_tokenizer
 
         self.name = f"local:{model}" + ("" if template == "chat" else f":{template}")  # keys the cache
         self.template = template
@@ -107,7 +107,8 @@ class LocalJudge:
         """Verdicts for a list of chat prompts, in batches of ``batch_size`` (left-padded, no sampling)."""
         import torch
 
-        from ual.formatting import encode_prompt
+        from ual.common.batching import left_pad
+        from ual.common.formatting import encode_prompt
 
         encoded = [encode_prompt(p, self.tokenizer, template=self.template) for p in prompts]
         out: list[Verdict | None] = [None] * len(encoded)
@@ -119,12 +120,7 @@ class LocalJudge:
         pad = self.tokenizer.pad_token_id
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                mask[r, width - len(encoded[i]):] = 1
+            ids, mask = left_pad([encoded[i] for i in idx], pad)
             # Positions count real tokens only, so a left-padded row sees the same positions as unpadded.
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
@@ -168,7 +164,7 @@ class OpenAIJudge:
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY",
                  concurrency: int = 4, timeout: float = 60.0, max_retries: int = 6, client=None):
-        from ual.api import ChatClient
+        from ual.common.api import ChatClient
 
         self.name = f"openai:{model}"
         self.concurrency = concurrency
@@ -184,7 +180,7 @@ class OpenAIJudge:
 
     def judge_iter(self, prompts: Sequence[list[dict]], progress: bool = False):
         """Yield ``(index, Verdict)`` as requests finish (any order)."""
-        from ual.api import run_concurrent
+        from ual.common.api import run_concurrent
 
         for i, v in run_concurrent(lambda i: self._one(prompts[i]), list(range(len(prompts))), self.concurrency,
                                    progress=progress, desc="judge"):
@@ -299,7 +295,7 @@ def configure_judge(p) -> None:
 
 
 def run_judge(args) -> int:
-    from ual.evaluate.winrate import win_rate
+    from ual.evaluate.metrics.winrate import win_rate
 
     model_outputs = read_model_outputs(args.model_outputs)
     reference = read_model_outputs(args.reference_outputs)

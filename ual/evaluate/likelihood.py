@@ -25,20 +25,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from ual.formatting import encode_prompt_and_response
-
-
-def right_pad(batch_ids: Sequence[Sequence[int]], pad_id: int):
-    """Right-padded ``input_ids`` [B, L] long and ``attention_mask`` [B, L] long (0 on padding)."""
-    import torch
-
-    width = max(len(x) for x in batch_ids)
-    ids = torch.full((len(batch_ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
-    for i, x in enumerate(batch_ids):
-        ids[i, :len(x)] = torch.tensor(list(x), dtype=torch.long)
-        mask[i, :len(x)] = 1
-    return ids, mask
+from ual.common.batching import right_pad
+from ual.common.formatting import encode_prompt_and_response
 
 
 def _response_ids(messages, response, tokenizer, template, stop_at_eos):

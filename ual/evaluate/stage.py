@@ -3,7 +3,7 @@
 For each model, outputs go to ``<run_dir>/evaluate/<model>/`` and are saved before any metric is computed:
 
 - controlled benchmark (``data/eval_controlled.jsonl`` + ``controlled_spec.json``): ``controlled/`` (greedy outputs,
-  samples, per-item likelihoods; ``ual.controlled``);
+  samples, per-item likelihoods; ``ual.data.controlled``);
 - math sets (every record has an ``answer``): ``generations_<set>.jsonl``, plus gold-solution NLL and the
   confidence of the greedy answer in ``math_<set>.jsonl``;
 - chat sets (reference responses, e.g. AlpacaEval): ``generations_<set>.jsonl``, judge-free measures per record
@@ -18,70 +18,12 @@ recomputed, or a protocol added, without a model. Every step resumes where a kil
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from ual.errors import InputError
-from ual.io import atomic_write_json, read_json, read_jsonl
-
-
-@dataclass
-class EvalConfig:
-    """Evaluation stage settings. Paper values are noted; defaults are ours where a CPU needs less.
-
-    include_base: also evaluate the base model without an adapter (the reference point).
-    variants: trained variants to evaluate (folder names under train/); empty = all complete ones.
-    model: base model when the run trained nothing ("auto" = the model the variants were trained from).
-    template: prompt template; "auto" = the one each variant was trained with.
-    batch_size: sequences per forward pass. dtype: "float32" on CPU.
-    seed: sampling seed (per item, so results do not depend on batch size).
-    k_samples / temperature / max_new_tokens_low / max_new_tokens_high: controlled benchmark sampling (K samples at
-        temperature 1 per high-entropy prompt) and output lengths.
-    math_max_new_tokens / math_do_sample / math_temperature / math_top_k / math_n: math decoding. Paper: sampled,
-        T 0.8, top-k 200, 256 new tokens, n 1; our default greedy (deterministic).
-    chat_max_new_tokens / chat_do_sample / chat_temperature / chat_top_k: chat decoding. Paper: T 0.8, top-k 200,
-        1536 new tokens.
-    judge: "local" (a local LM reads the preference from token probabilities), "openai" (an OpenAI-compatible
-        endpoint, AlpacaEval-2.0-style), or "none". judge_model: for local, a model name; for openai, the model id.
-    judge_base_url / judge_api_key_env / judge_concurrency: openai judge endpoint, NAME of the environment variable
-        with the key, parallel requests.
-    lc_method: length-controlled win rate method for ``ual.evaluate.winrate`` ("auto" picks the best available).
-    clustering: run the token-clustering analysis; clustering_set: "train" or an eval set name as probe texts;
-        clustering_n: probe texts; clustering_top_k: most frequent tokens (paper 42); clustering_max_length: tokens.
-    """
-
-    include_base: bool = True
-    variants: list[str] = field(default_factory=list)
-    model: str = "auto"
-    template: str = "auto"
-    batch_size: int = 8
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    seed: int = 1337
-    k_samples: int = 16
-    temperature: float = 1.0
-    max_new_tokens_low: int = 96
-    max_new_tokens_high: int = 16
-    math_max_new_tokens: int = 256
-    math_do_sample: bool = False
-    math_temperature: float = 0.8
-    math_top_k: int = 200
-    math_n: int = 1
-    chat_max_new_tokens: int = 256
-    chat_do_sample: bool = True
-    chat_temperature: float = 0.8
-    chat_top_k: int = 200
-    judge: Literal["local", "openai", "none"] = "local"
-    judge_model: str = "smollm2-135m"
-    judge_base_url: str = "https://api.openai.com/v1"
-    judge_api_key_env: str = "OPENAI_API_KEY"
-    judge_concurrency: int = 4
-    lc_method: str = "auto"
-    clustering: bool = False
-    clustering_set: str = "train"
-    clustering_n: int = 100
-    clustering_top_k: int = 42
-    clustering_max_length: int = 256
+from ual.common.errors import InputError
+from ual.common.io import atomic_write_json, read_json, read_jsonl
+from ual.evaluate.config import EvalConfig
+from ual.evaluate.metrics.run_files import CHAT_FIELDS, chat_metrics, eval_sets, metrics_from_files
 
 
 # --------------------------------------------------------------------------------------------------- models
@@ -114,34 +56,13 @@ def models_to_evaluate(cfg: EvalConfig, run_dir: str | Path) -> list[dict]:
     return out + trained
 
 
-def eval_sets(run_dir: str | Path) -> dict[str, dict]:
-    """The run's evaluation sets: ``{name: {"kind": "controlled"|"math"|"chat", "path": ...}}``."""
-    from ual.data import load_records
-
-    run_dir = Path(run_dir)
-    out = {}
-    for p in sorted((run_dir / "data").glob("eval_*.jsonl")):
-        name = p.stem[len("eval_"):]
-        if name == "controlled":
-            out[name] = {"kind": "controlled", "path": p, "spec": run_dir / "data" / "controlled_spec.json"}
-            continue
-        recs = load_records(p)
-        kind = "math" if recs and all(r.answer is not None for r in recs) else "chat"
-        if kind == "chat" and not all(r.response for r in recs):
-            raise InputError(p, None, "messages", "chat evaluation sets need a reference response in every record")
-        out[name] = {"kind": kind, "path": p}
-    return out
-
-
 # --------------------------------------------------------------------------------------------------- one model
 
 def _math_extras(model, tok, recs, gens_path: Path, out_path: Path, cfg: EvalConfig, template: str) -> None:
     """Gold-solution NLL per record and the model's confidence in its own (first) answer -> math_<set>.jsonl."""
-    import math
-
-    from ual.evaluate.answers import extract_answer, gold_answer
+    from ual.evaluate.metrics.answers import answer_as_written, answer_confidence, extract_answer, gold_answer
     from ual.evaluate.likelihood import answer_logprobs, gold_answer_nll
-    from ual.io import write_jsonl
+    from ual.common.io import write_jsonl
 
     if out_path.exists():
         return
@@ -150,12 +71,12 @@ def _math_extras(model, tok, recs, gens_path: Path, out_path: Path, cfg: EvalCon
     outputs = [_first_output(gens[r.id]) for r in recs]
     answers = [extract_answer(o, "flexible") for o in outputs]
     # Confidence: p(answer tokens as written | prompt, the model's own reasoning before them).
-    written = [None if a is None else _answer_as_written(o, a) for o, a in zip(outputs, answers)]
+    written = [answer_as_written(o, "flexible") for o in outputs]
     lps = answer_logprobs(model, tok, [r.messages for r in recs], outputs, written, template=template,
                           batch_size=cfg.batch_size)
     rows = []
     for r, a, lp, n in zip(recs, answers, lps, nll):
-        conf = 0.0 if (a is None or lp is None) else min(1.0, math.exp(lp[0]))
+        conf = answer_confidence(a, None if lp is None else lp[0])
         rows.append({"id": r.id, "gold_nll_per_token": n, "answer": a, "confidence": conf,
                      "correct": a is not None and a == gold_answer(r.answer)})
     write_jsonl(out_path, rows)
@@ -168,9 +89,9 @@ def chat_extras(model, tok, recs, gens_path: Path, out_path: Path, *, batch_size
     null for outputs shorter than n words) and ``output_chars``."""
     import math
 
-    from ual.evaluate.diversity import distinct_n
+    from ual.evaluate.metrics.diversity import distinct_n
     from ual.evaluate.likelihood import gold_answer_nll
-    from ual.io import write_jsonl
+    from ual.common.io import write_jsonl
 
     if out_path.exists():
         return
@@ -194,20 +115,10 @@ def _first_output(row: dict) -> str:
     return o if isinstance(o, str) else o[0]
 
 
-def _answer_as_written(output: str, normalised: str) -> str | None:
-    """The last number in ``output`` whose normalised form is ``normalised`` (as it appears in the text)."""
-    from ual.evaluate.answers import normalize_number, number_tokens
-
-    for tok in reversed(number_tokens(output)):
-        if normalize_number(tok) == normalised:
-            return tok
-    return None
-
-
 def evaluate_model(entry: dict, cfg: EvalConfig, run_dir: str | Path, *, progress: bool = True) -> dict:
     """Run every evaluation of one model into ``evaluate/<name>/`` and return its metrics (also written)."""
-    from ual.data import load_records
-    from ual.models import load_model, load_tokenizer
+    from ual.data.records import load_records
+    from ual.common.models import load_model, load_tokenizer
 
     run_dir = Path(run_dir)
     out = run_dir / "evaluate" / entry["name"]
@@ -220,7 +131,7 @@ def evaluate_model(entry: dict, cfg: EvalConfig, run_dir: str | Path, *, progres
     for name, s in sets.items():
         recs = load_records(s["path"])
         if s["kind"] == "controlled":
-            from ual.controlled import score_controlled
+            from ual.evaluate.controlled import score_controlled
 
             score_controlled(pair, recs, read_json(s["spec"]), out / "controlled", template=template,
                              batch_size=cfg.batch_size, k_samples=cfg.k_samples, temperature=cfg.temperature,
@@ -257,9 +168,9 @@ def evaluate_model(entry: dict, cfg: EvalConfig, run_dir: str | Path, *, progres
 def _clustering(model, tok, cfg: EvalConfig, run_dir: Path, path: Path, template: str) -> None:
     import random
 
-    from ual.data import load_records
+    from ual.data.records import load_records
     from ual.evaluate.clustering import collect_hidden_states, pairwise_silhouette
-    from ual.formatting import build_example
+    from ual.common.formatting import build_example
 
     if path.exists():
         return
@@ -277,8 +188,8 @@ def _clustering(model, tok, cfg: EvalConfig, run_dir: Path, path: Path, template
 
 
 def _judge(entry: dict, name: str, s: dict, cfg: EvalConfig, out: Path, progress: bool) -> None:
-    from ual.data import load_records
-    from ual.evaluate.export import model_outputs_from_generations, write_model_outputs
+    from ual.data.records import load_records
+    from ual.evaluate.metrics.model_outputs import model_outputs_from_generations, write_model_outputs
     from ual.evaluate.judge import LocalJudge, OpenAIJudge, judge_outputs
 
     recs = load_records(s["path"])
@@ -295,60 +206,6 @@ def _judge(entry: dict, name: str, s: dict, cfg: EvalConfig, out: Path, progress
                             concurrency=cfg.judge_concurrency)
     ann = judge_outputs(outputs, reference, judge, out / f"judge_{name}.jsonl", progress=progress)
     atomic_write_json(out / f"annotations_{name}.json", ann)
-
-
-CHAT_FIELDS = ("reference_nll_per_token", "distinct_1", "distinct_2", "output_chars")
-
-
-def chat_metrics(path: str | Path) -> dict:
-    """Means over records of a ``chat_<set>.jsonl`` file (null entries left out), plus ``n``."""
-    rows = read_jsonl(path)
-    out: dict = {"n": len(rows)}
-    for k in CHAT_FIELDS:
-        vals = [float(r[k]) for r in rows if r.get(k) is not None]
-        out[k] = sum(vals) / len(vals) if vals else None
-    return out
-
-
-def metrics_from_files(run_dir: str | Path, entry: dict, cfg: EvalConfig) -> dict:
-    """All metrics of one model from its saved files (no model needed)."""
-    from ual.evaluate.answers import score_math_file
-    from ual.evaluate.calibration import expected_calibration_error, reliability_bins
-
-    run_dir = Path(run_dir)
-    out = run_dir / "evaluate" / entry["name"]
-    m: dict = {"model": entry["name"], "method": entry["method"], "mean_eps": entry["mean_eps"],
-               "seed": entry["seed"], "base_model": entry["model"], "adapter": entry["adapter"],
-               "template": entry["template"], "config": dataclasses.asdict(cfg)}
-    for name, s in eval_sets(run_dir).items():
-        if s["kind"] == "controlled" and (out / "controlled" / "scores.jsonl").exists():
-            from ual.controlled import controlled_metrics_file
-
-            m["controlled"] = controlled_metrics_file(out / "controlled" / "scores.jsonl", s["spec"])
-        elif s["kind"] == "math" and (out / f"generations_{name}.jsonl").exists():
-            res = score_math_file(out / f"generations_{name}.jsonl")
-            extras = out / f"math_{name}.jsonl"
-            if extras.exists():
-                rows = read_jsonl(extras)
-                res["gold_nll_per_token"] = sum(r["gold_nll_per_token"] for r in rows) / len(rows)
-                conf = [r["confidence"] for r in rows]
-                corr = [r["correct"] for r in rows]
-                res["ece"] = expected_calibration_error(conf, corr)
-                res["reliability_bins"] = reliability_bins(conf, corr)
-            m.setdefault("math", {})[name] = res
-        elif s["kind"] == "chat":
-            if (out / f"chat_{name}.jsonl").exists():
-                m.setdefault("chat", {})[name] = chat_metrics(out / f"chat_{name}.jsonl")
-            if (out / f"annotations_{name}.json").exists():
-                from ual.evaluate.winrate import evaluate_annotations
-
-                ann = [a for a in read_json(out / f"annotations_{name}.json")]
-                m.setdefault("winrate", {})[name] = evaluate_annotations(ann, lc_method=cfg.lc_method)
-    if (out / "clustering.json").exists():
-        c = read_json(out / "clustering.json")
-        m["clustering"] = {"mean_silhouette": c["mean"], "median_silhouette": c["median"], "n_pairs": c["n_pairs"],
-                           "pairs": c["pairs"], "probe": c.get("probe")}
-    return m
 
 
 # --------------------------------------------------------------------------------------------------- stage
@@ -374,7 +231,7 @@ def expected_files(cfg: EvalConfig, run_dir: str | Path, name: str, sets: dict |
     return files
 
 
-def evaluate_run(cfg: EvalConfig, run_dir: str | Path, *, progress: bool = True) -> list[dict]:
+def run(cfg: EvalConfig, run_dir: str | Path, *, progress: bool = True) -> list[dict]:
     """Evaluate every model of the run (see module doc); models whose metrics exist for this config are skipped."""
     run_dir = Path(run_dir)
     sets = eval_sets(run_dir)
@@ -390,10 +247,3 @@ def evaluate_run(cfg: EvalConfig, run_dir: str | Path, *, progress: bool = True)
         print(f"evaluating {entry['name']}", flush=True)
         results.append(evaluate_model(entry, cfg, run_dir, progress=progress))
     return results
-
-
-def metrics_table(run_dir: str | Path):
-    """Headline metrics per method group, mean ± std over seeds (see ``ual.results.summary_table``)."""
-    from ual.results import summary_table
-
-    return summary_table(run_dir)

@@ -1,0 +1,223 @@
+"""Read a run's saved result files into tables (no model, no torch): the layer figures and reports stand on.
+
+Layout read: ``evaluate/<model>/metrics.json`` (one per evaluated model: ``base`` or a training variant),
+``train/<variant>/{log.jsonl,eps.jsonl,manifest.json}``, ``elicit/scores.jsonl``, ``data/train.jsonl``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ual.common.io import read_json, read_jsonl
+
+# (flattened metric key pattern, label with unit, higher is better). "*" matches one path component.
+HEADLINE: list[tuple[str, str, bool]] = [
+    ("controlled.low.accuracy_flexible_pct", "low-entropy accuracy, flexible (%)", True),
+    ("controlled.low.accuracy_strict_pct", "low-entropy accuracy, strict (%)", True),
+    ("controlled.low.gold_answer_nll_per_token", "gold-answer NLL (nats/token)", False),
+    ("controlled.low.ece", "calibration ECE (0-1)", False),
+    ("controlled.high.kl_true_model", "KL(true ‖ model) over valid set (nats)", False),
+    ("controlled.high.validity_mass", "valid-answer probability mass (0-1)", True),
+    ("controlled.high.coverage_pct", "sampled coverage of valid set (%)", True),
+    ("controlled.high.validity_rate_pct", "sampled validity (%)", True),
+    ("controlled.high.sample_kl_true_model", "KL(true ‖ sampled answers) (nats)", False),
+    ("math.*.protocols.*.accuracy", "math accuracy (%)", True),
+    ("math.*.gold_nll_per_token", "gold solution NLL (nats/token)", False),
+    ("math.*.ece", "math calibration ECE (0-1)", False),
+    ("chat.*.reference_nll_per_token", "reference-response NLL (nats/token)", False),
+    ("chat.*.distinct_2", "distinct-2 of outputs (0-1)", True),
+    ("winrate.*.win_rate", "win rate vs reference (%)", True),
+    ("winrate.*.length_controlled_winrate", "length-controlled win rate (%)", True),
+    ("clustering.mean_silhouette", "token-clustering silhouette (mean over pairs)", True),
+]
+
+
+# The top-level metrics.json sections the headline reads: a section added to HEADLINE is read with no other change.
+_HEADLINE_SECTIONS = frozenset(pattern.split(".")[0] for pattern, _, _ in HEADLINE)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b.c": value} for scalar leaves (lists are skipped)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) or v is None:
+            out[key] = v
+    return out
+
+
+def _match(pattern: str, key: str) -> bool:
+    p, k = pattern.split("."), key.split(".")
+    return len(p) == len(k) and all(a == "*" or a == b for a, b in zip(p, k))
+
+
+def headline_keys(keys) -> list[tuple[str, str, bool]]:
+    """The headline metrics present among ``keys``: (key, label, higher_is_better), in HEADLINE order."""
+    out = []
+    for pattern, label, hib in HEADLINE:
+        for k in sorted(keys):
+            if _match(pattern, k):
+                detail = [b for a, b in zip(pattern.split("."), k.split(".")) if a == "*"]
+                out.append((k, label + (f" [{', '.join(detail)}]" if detail else ""), hib))
+    return out
+
+
+def load_metrics(run_dir: str | Path) -> list[dict]:
+    """Every ``evaluate/*/metrics.json`` of a run, each with ``model``, ``method``, ``mean_eps``, ``seed``."""
+    out = []
+    for p in sorted(Path(run_dir).glob("evaluate/*/metrics.json")):
+        m = read_json(p)
+        m.setdefault("model", p.parent.name)
+        out.append(m)
+    return out
+
+
+def metrics_frame(run_dir: str | Path):
+    """A long table: one row per (model, metric) with method, mean_eps, seed and value."""
+    import pandas as pd
+
+    rows = []
+    for m in load_metrics(run_dir):
+        flat = flatten({k: v for k, v in m.items() if k in _HEADLINE_SECTIONS})
+        for key, label, hib in headline_keys(flat):
+            v = flat[key]
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                continue
+            rows.append({"model": m["model"], "method": m.get("method", m["model"]), "mean_eps": m.get("mean_eps"),
+                         "seed": m.get("seed"), "metric": key, "label": label, "higher_is_better": hib,
+                         "value": float(v)})
+    return pd.DataFrame(rows, columns=["model", "method", "mean_eps", "seed", "metric", "label", "higher_is_better",
+                                       "value"])
+
+
+def method_label(method: str, mean_eps: float | None) -> str:
+    """``"ual eps=0.1"``-style label of a method group (``base`` and ``sft`` carry no eps)."""
+    if method in ("base", "sft") or mean_eps is None:
+        return method
+    return f"{method} eps={mean_eps:g}"
+
+
+def summary_table(run_dir: str | Path):
+    """Mean, standard deviation and count over seeds per method group and headline metric (wide table)."""
+    import pandas as pd
+
+    df = metrics_frame(run_dir)
+    if df.empty:
+        return df
+    df["group"] = [method_label(m, e) for m, e in zip(df["method"], df["mean_eps"])]
+    g = df.groupby(["label", "group"])["value"].agg(["mean", "std", "count"]).reset_index()
+    g["cell"] = [f"{m:.3g} ± {s:.2g} (n={c})" if c > 1 else f"{m:.3g}" for m, s, c in zip(g["mean"], g["std"].fillna(0),
+                                                                                            g["count"])]
+    return g.pivot(index="label", columns="group", values="cell")
+
+
+def loss_logs(run_dir: str | Path) -> dict[str, list[dict]]:
+    """Training log rows (with a ``loss``) per variant folder name."""
+    out = {}
+    for p in sorted(Path(run_dir).glob("train/*/log.jsonl")):
+        out[p.parent.name] = [r for r in read_jsonl(p) if "loss" in r]
+    return out
+
+
+def eps_tables(run_dir: str | Path) -> dict[str, list[dict]]:
+    """Per-sample eps rows (id, source, category, eps) per variant folder name."""
+    return {p.parent.name: read_jsonl(p) for p in sorted(Path(run_dir).glob("train/*/eps.jsonl"))}
+
+
+def scores_with_sources(run_dir: str | Path) -> list[dict]:
+    """Elicited scores joined with each training sample's source: rows (id, source, category, score, backend)."""
+    run_dir = Path(run_dir)
+    src: dict[str, dict] = {}
+    if (run_dir / "data" / "train.jsonl").exists():
+        src = {r["id"]: r for r in read_jsonl(run_dir / "data" / "train.jsonl")}
+    else:  # exported results carry no training text, but every variant's eps.jsonl has each id's source
+        for p in sorted(run_dir.glob("train/*/eps.jsonl"))[:1]:
+            src = {r["id"]: r for r in read_jsonl(p)}
+    latest: dict[str, dict] = {}  # a rerun may append a later line for the same id; the last one counts
+    path = run_dir / "elicit" / "scores.jsonl"
+    for r in read_jsonl(path) if path.exists() else []:
+        latest[r.get("id")] = r
+    rows = []
+    for r in latest.values():
+        d = src.get(r.get("id"), {})
+        rows.append({"id": r.get("id"), "source": d.get("source", "?"), "category": d.get("category"),
+                     "score": r.get("score"), "backend": r.get("backend")})
+    return rows
+
+
+# Small result files worth keeping with a reference run: no weights or checkpoints; the generations of the math
+# and chat evaluation sets are kept (tens of kB per model) because per-item answers are re-scored from them.
+EXPORT_GLOBS = ("manifest.json", "data/controlled_spec.json", "elicit/scores.jsonl", "elicit_backends/*.jsonl",
+                "train/*/log.jsonl",
+                "train/*/eps.jsonl", "train/*/manifest.json", "evaluate/*/metrics.json",
+                "evaluate/*/controlled/scores.jsonl", "evaluate/*/math_*.jsonl", "evaluate/*/generations_*.jsonl",
+                "evaluate/*/chat_*.jsonl", "evaluate/*/annotations_*.json",
+                "evaluate/*/clustering.json")
+
+
+def export_results(run_dir: str | Path, dest: str | Path, *, max_file_mb: float = 5.0) -> list[str]:
+    """Copy a run's small result files (``EXPORT_GLOBS``) to ``dest`` with the same layout, so that
+    ``python -m ual figures --run DEST`` rebuilds every figure; returns the copied relative paths."""
+    import shutil
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    copied = []
+    for pattern in EXPORT_GLOBS:
+        for src in sorted(run_dir.glob(pattern)):
+            if src.stat().st_size > max_file_mb * 2**20:
+                print(f"skipped {src} ({src.stat().st_size / 2**20:.1f} MB > {max_file_mb} MB)")
+                continue
+            rel = src.relative_to(run_dir)
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest / rel.with_name(f".{rel.name}.tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(dest / rel)
+            copied.append(str(rel))
+    return copied
+
+
+def markdown_summary(run_dir: str | Path, *, digits: int = 3) -> str:
+    """Headline metrics per method group as a Markdown table: mean ± standard deviation over seeds (n)."""
+    df = metrics_frame(run_dir)
+    if df.empty:
+        return "(no metrics)"
+    df["group"] = [method_label(m, e) for m, e in zip(df["method"], df["mean_eps"])]
+    order = sorted(df["group"].unique(), key=lambda g: (["base", "sft", "ls", "ual"].index(g.split()[0])
+                                                         if g.split()[0] in ("base", "sft", "ls", "ual") else 9, g))
+    lines = ["| metric | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
+    for label in dict.fromkeys(df["label"]):
+        sub = df[df["label"] == label]
+        hib = bool(sub["higher_is_better"].iloc[0])
+        cells = []
+        for g in order:
+            v = sub[sub["group"] == g]["value"]
+            if v.empty:
+                cells.append("")
+            elif len(v) == 1:
+                cells.append(f"{v.iloc[0]:.{digits}g}")
+            else:
+                cells.append(f"{v.mean():.{digits}g} ± {v.std(ddof=1):.2g} (n={len(v)})")
+        lines.append(f"| {label} ({'↑' if hib else '↓'}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def stage_costs(run_dir: str | Path) -> list[dict]:
+    """Wall time (s) and peak resident memory (GiB, the stage's notebook kernel and its children) of each stage of
+    a run, from its manifest (``earlier``: the stage's previous attempts, when it was rerun), plus the training wall
+    time of each variant (``train/*/manifest.json``)."""
+    run_dir = Path(run_dir)
+    manifest = read_json(run_dir / "manifest.json")
+    rows = [{"stage": name, "status": st.get("status"), "seconds": st.get("seconds"),
+             "peak_rss_gib": st.get("peak_rss_gib"),
+             "earlier": [{"seconds": h.get("seconds"), "peak_rss_gib": h.get("peak_rss_gib"), "status": h.get("status")}
+                         for h in st.get("history", [])]}
+            for name, st in manifest.get("stages", {}).items()]
+    for p in sorted(run_dir.glob("train/*/manifest.json")):
+        m = read_json(p)
+        secs = (m.get("metrics") or {}).get("wall_seconds_this_session")  # a resumed run counts its last session
+        rows.append({"stage": f"train/{p.parent.name}", "status": m.get("status"), "seconds": secs,
+                     "peak_rss_gib": None})
+    return rows

@@ -1,0 +1,125 @@
+"""Training settings: :class:`TrainConfig` (one LoRA run) and :class:`TrainStageConfig` (the stage: a grid of runs,
+exported as ``ual.train.Config``).
+
+Both share :class:`TrainSettings`, so a field is documented once. Defaults are the paper's (the authors' code,
+docs/ual-method.md section 5) unless the help says "ours".
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from ual.common.config import setting
+from ual.common.errors import InputError
+
+METHODS = ("sft", "ls", "ual")
+REPORT_TO = ("none", "tensorboard", "wandb")
+
+
+@dataclass
+class TrainSettings:
+    """Every training setting that is the same for all variants of a run."""
+
+    model: str = setting("smollm2-135m", "causal LM: a hub id, a local folder, or a built-in name (smollm2-135m, "
+                         "tiny-random). Default ours; paper: Llama-2-7B/13B, Mistral-7B base.")
+    mapping: Literal["rescale", "minmax"] = setting(
+        "rescale", "score -> eps mapping: rescale (authors': proportional rescale to mean_eps, capped at eps_cap) or "
+        "minmax (linear onto eps_range).")
+    eps_cap: float = setting(0.99, "upper bound on any sample's eps, in [0, 1) (authors': 0.99).")
+    eps_range: list[float] | None = setting(None, "[lo, hi] eps for mapping minmax; null is [0, 2 x mean_eps].")
+    score_range: list[float] | None = setting(
+        [0.0, 99.0], "declared range of the scores: [0, 99] for the paper's LLM rating; null is any non-negative "
+        "score (likelihood backends report nats).")
+    smoothing: Literal["nontarget", "uniform"] = setting(
+        "nontarget", "label-smoothing convention: nontarget (authors': eps spread over the V-1 other tokens) or "
+        "uniform (PyTorch's eps/V on every token, target included).")
+    mask_prompt: bool = setting(False, "exclude prompt tokens from the loss (authors: no, mask_inputs=False).")
+    template: Literal["paper", "chat"] = setting(
+        "paper", "prompt template: paper (authors' '### User:/### Assistant:') or chat (the tokenizer's template).")
+    max_length: int = setting(1024, "tokens per sample, cut at the end (authors: 1024; Mistral 768, 13B 2048).")
+    lora_r: int = setting(8, "LoRA rank (authors: 8).")
+    lora_alpha: int = setting(16, "LoRA alpha (authors: 16).")
+    lora_dropout: float = setting(0.1, "LoRA dropout probability, in [0, 1) (authors: 0.1).")
+    lora_targets: list[str] = setting(["q_proj", "v_proj"], "modules that get LoRA adapters (authors: q and v).")
+    learning_rate: float = setting(3e-4, "peak learning rate, > 0 (authors' nominal 3e-4).")
+    lr_scheduler: str = setting("cosine", "transformers scheduler name (ours; see authors_lr_ramp).")
+    warmup_ratio: float = setting(0.03, "share of optimizer steps spent warming up, in [0, 1) (ours).")
+    authors_lr_ramp: bool = setting(
+        False, "reproduce the authors' schedule instead: a linear ramp through the whole run ending near 4.7e-5, "
+        "no decay (their warm-up bug).")
+    weight_decay: float = setting(0.01, "AdamW weight decay (torch's default, which the authors kept).")
+    batch_size: int = setting(1, "micro-batch per device, in samples (authors: 1).")
+    grad_accum: int = setting(64, "gradient accumulation steps (authors: 64, so 64 samples per optimizer step).")
+    epochs: float = setting(10.0, "passes over the training set (authors: 10); max_steps > 0 overrides it.")
+    max_steps: int = setting(-1, "optimizer steps; -1 trains for epochs.")
+    save_steps: int = setting(50, "checkpoint every this many optimizer steps (ours).")
+    save_total_limit: int = setting(2, "checkpoints kept on disk (ours).")
+    logging_steps: int = setting(1, "log loss, lr and eps statistics every this many optimizer steps.")
+    report_to: Literal["none", "tensorboard", "wandb"] = setting(
+        "none", "where the Trainer also logs: none, tensorboard (event files under <output_dir>/checkpoints/runs/, "
+        "or $TENSORBOARD_LOGGING_DIR) or wandb. log.jsonl is always written.")
+    dtype: Literal["float32", "bfloat16"] = setting("float32", "weights dtype (float32 on CPU; authors: bf16).")
+    bf16: bool = setting(False, "mixed-precision autocast (GPU only).")
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass to save memory.")
+    fused_loss: bool = setting(
+        True, "compute the loss from the final hidden states without materialising the logits where the model "
+        "allows it (ual.loss); the manifest records which path ran.")
+    allow_pickle: bool = setting(False, "allow non-safetensors weights (runs arbitrary code from the file).")
+
+    def _check_shared(self) -> None:
+        if not 0 < self.eps_cap < 1:
+            raise InputError(None, None, "eps_cap", f"must be in (0, 1), got {self.eps_cap}")
+        for name in ("batch_size", "grad_accum", "max_length", "lora_r", "logging_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                raise InputError(None, None, name, f"must be >= 1, got {getattr(self, name)}")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise InputError(None, None, "epochs", "set epochs > 0 or max_steps > 0")
+        if self.score_range is not None and (len(self.score_range) != 2 or self.score_range[0] >= self.score_range[1]):
+            raise InputError(None, None, "score_range", f"must be [lo, hi] with lo < hi, got {self.score_range}")
+        if self.eps_range is not None and len(self.eps_range) != 2:
+            raise InputError(None, None, "eps_range", f"must be [lo, hi], got {self.eps_range}")
+
+
+@dataclass
+class TrainConfig(TrainSettings):
+    """One training run (``ual.train.fit``, ``python -m ual train``): the shared settings plus what makes a variant."""
+
+    data: str = setting("", "canonical records JSONL (ual.data) to train on. Required.")
+    scores: str | None = setting(None, "uncertainty scores JSONL (ual.elicit output); method ual only.")
+    output_dir: str = setting("runs/dev/train/ual", "folder for the adapter, log, checkpoints and manifest.")
+    method: Literal["sft", "ls", "ual"] = setting(
+        "ual", "sft (eps 0), ls (every sample mean_eps) or ual (eps per sample from its score, same mean).")
+    mean_eps: float = setting(0.1, "target mean smoothing, in [0, 1) (paper grid 0.1-0.5); LS uses the same value.")
+    seed: int = setting(1337, "seed of the model init, data order and dropout (authors: 1337).")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.mean_eps < 1:
+            raise InputError(None, None, "mean_eps", f"must be in [0, 1), got {self.mean_eps}")
+        self._check_shared()
+
+
+@dataclass
+class TrainStageConfig(TrainSettings):
+    """The training stage of a run: every shared setting plus the grid methods x mean_eps x seeds (sft ignores
+    mean_eps). Data, scores and output folders come from the run directory."""
+
+    methods: list[str] = setting(list(METHODS), "variants to train: any of sft, ls, ual.")
+    mean_eps: list[float] = setting([0.1], "target mean smoothing values, each in [0, 1) (paper grid 0.1-0.5).")
+    seeds: list[int] = setting([1337], "one adapter per seed and method (authors: 1337).")
+
+    def __post_init__(self) -> None:
+        self._check_shared()
+        for name in ("methods", "mean_eps", "seeds"):
+            if not getattr(self, name):
+                raise InputError(None, None, name, "must list at least one value")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise InputError(None, None, "methods", f"unknown method {bad[0]!r}; methods: {', '.join(METHODS)}")
+        for e in self.mean_eps:
+            if not (isinstance(e, (int, float)) and 0 <= e < 1 and math.isfinite(e)):
+                raise InputError(None, None, "mean_eps", f"each value must be in [0, 1), got {e!r}")
+
+
+Config = TrainStageConfig  # the stage's config under the name every stage uses
+SHARED_FIELDS = tuple(f for f in TrainSettings.__dataclass_fields__)

@@ -1,0 +1,90 @@
+"""From records to batches: each sample's eps, its token ids and labels, and the collator that carries eps.
+
+The Trainer drops dataset columns its model's forward does not take, and TRL's collators drop unknown keys
+(docs/pitfalls.md): :class:`UALCollator` is what keeps a per-sample ``eps`` column in the batch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from ual.common.errors import InputError
+from ual.common.formatting import IGNORE_INDEX
+
+
+def sample_eps(cfg, records) -> "np.ndarray":
+    """Per-sample eps [N] for ``records`` under ``cfg.method`` (a ``TrainConfig``; scores read and checked for
+    method "ual")."""
+    import numpy as np
+
+    from ual.data.records import load_scores
+    from ual.smoothing import ScoreError, eps_for_method
+
+    scores = None
+    if cfg.method == "ual":
+        if not cfg.scores:
+            raise InputError(None, None, "scores", "method 'ual' needs a scores file")
+        rng = tuple(cfg.score_range) if cfg.score_range is not None else (0.0, math.inf)
+        by_id = load_scores(cfg.scores, records, score_range=rng)
+        scores = np.array([by_id[r.id] for r in records])
+        if cfg.score_range is None:
+            rng = (0.0, float(scores.max()) if scores.size else 1.0)
+    else:
+        rng = (0.0, 99.0)
+    try:
+        return eps_for_method(cfg.method, scores, len(records), mean_eps=cfg.mean_eps, mapping=cfg.mapping,
+                              cap=cfg.eps_cap, score_range=rng,
+                              eps_range=tuple(cfg.eps_range) if cfg.eps_range else None)
+    except ScoreError as e:
+        raise InputError(cfg.scores, None, "score", str(e)) from None
+    except ValueError as e:
+        raise InputError(cfg.scores, None, "mean_eps", str(e)) from None
+
+
+def tokenize_records(records, tokenizer, eps, *, template: str, mask_prompt: bool, max_length: int) -> list[dict]:
+    """Examples for the collator: ``{"input_ids": [L], "labels": [L], "eps": float, "id": str}`` per record."""
+    from ual.common.formatting import build_example
+
+    out = []
+    for rec, e in zip(records, eps):
+        ex = build_example(rec.messages, tokenizer, template=template, mask_prompt=mask_prompt, max_length=max_length)
+        if not any(l != IGNORE_INDEX for l in ex["labels"][1:]):
+            raise InputError(None, None, "messages", f"record {rec.id!r} has no target token after truncation to "
+                             f"{max_length} tokens")
+        out.append({"input_ids": ex["input_ids"], "labels": ex["labels"], "eps": float(e), "id": rec.id})
+    return out
+
+
+class UALCollator:
+    """Right-pads examples into ``input_ids``/``attention_mask``/``labels`` [B, L] and ``eps`` [B] float32.
+
+    Each example needs ``input_ids`` and ``eps`` (a number in [0, 1), e.g. a dataset column). ``labels`` default to
+    the ids; TRL's ``completion_mask`` (1 on completion tokens), when present and ``completion_only`` is on, masks
+    the prompt out of them. Other keys are dropped.
+    """
+
+    def __init__(self, pad_token_id: int, *, completion_only: bool = True):
+        self.pad_token_id = pad_token_id
+        self.completion_only = completion_only
+
+    def _labels(self, e: dict) -> list[int]:
+        labels = list(e["labels"]) if e.get("labels") is not None else list(e["input_ids"])
+        mask = e.get("completion_mask")
+        if self.completion_only and mask is not None:
+            labels = [l if m else IGNORE_INDEX for l, m in zip(labels, mask)]
+        return labels
+
+    def __call__(self, examples: Sequence[dict]) -> dict:
+        import torch
+
+        from ual.common.batching import right_pad
+
+        missing = [i for i, e in enumerate(examples) if "eps" not in e]
+        if missing:
+            raise KeyError(f"UALCollator: example {missing[0]} of the batch has no 'eps'. Give the dataset an eps "
+                           "column and keep it: TrainingArguments(remove_unused_columns=False) (see the README, "
+                           "'UAL in your own training script')")
+        ids, mask = right_pad([e["input_ids"] for e in examples], self.pad_token_id)
+        labels, _ = right_pad([self._labels(e) for e in examples], IGNORE_INDEX)
+        eps = torch.tensor([float(e["eps"]) for e in examples], dtype=torch.float32)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "eps": eps}

@@ -1,0 +1,244 @@
+"""``fit``: one LoRA fine-tuning run with the per-sample smoothed loss (methods ``sft``, ``ls``, ``ual``).
+
+Built on transformers' ``Trainer`` through :class:`ual.train.UALTrainer`; everything else (optimiser, schedule,
+gradient accumulation, checkpoints, resume, accelerate/DDP) is the Trainer's.
+
+Output folder layout::
+
+    <output_dir>/manifest.json      config, data/score hashes, eps statistics, environment, status, timings
+    <output_dir>/eps.jsonl          id, source, category and eps of every training sample
+    <output_dir>/log.jsonl          one line per logged step: loss, lr, grad norm, eps statistics of the step's samples
+    <output_dir>/checkpoints/       Trainer checkpoints (resume with resume=True)
+    <output_dir>/adapter/           the final LoRA adapter (peft format)
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ual.common.config import config_to_dict
+from ual.common.errors import InputError
+from ual.train.config import TrainConfig
+from ual.train.examples import sample_eps, tokenize_records
+
+# Authors' run: the warm-up bug ramps the lr linearly over the whole run and ends near this value (ual-method.md §5).
+AUTHORS_FINAL_LR = 4.7e-5
+
+def _log_callback(path: Path):
+    from transformers import TrainerCallback
+
+    from ual.common.io import JsonlAppender
+
+    class JsonlLog(TrainerCallback):
+        """Appends every training log (loss, lr, eps statistics) to log.jsonl as it happens."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and state.is_world_process_zero:
+                with JsonlAppender(path) as f:
+                    f.write({"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs})
+
+    return JsonlLog()
+
+
+CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
+
+
+def _last_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest complete checkpoint, or None.
+
+    The Trainer writes the adapter, optimizer, scheduler and RNG state, then ``trainer_state.json`` last, and not
+    atomically; a kill mid-save leaves a folder with missing files or a torn JSON. Such folders are skipped, so a
+    resume always starts from a checkpoint that loads.
+    """
+    import json
+
+    if not ckpt_dir.is_dir():
+        return None
+    found = []
+    for d in ckpt_dir.glob("checkpoint-*"):
+        try:
+            step = int(d.name.split("-")[-1])
+            state = json.loads((d / "trainer_state.json").read_text())
+        except (ValueError, OSError):
+            continue
+        if state.get("global_step") == step and all((d / f).exists() for f in CHECKPOINT_FILES):
+            found.append((step, d))
+    return max(found)[1] if found else None
+
+
+def _trim_log(path: Path, max_step: int) -> None:
+    """After a resume from step ``max_step``, drop log lines of steps the killed run logged past it."""
+    from ual.common.io import read_jsonl, write_jsonl
+
+    if path.exists():
+        write_jsonl(path, [r for r in read_jsonl(path) if r.get("step", 0) <= max_step])
+
+
+def _sha256(path: str | Path | None) -> str | None:
+    if not path:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` produced: folders and the final training metrics."""
+
+    output_dir: Path
+    adapter_dir: Path
+    log_path: Path
+    manifest_path: Path
+    metrics: dict
+
+    def loss_curve(self) -> list[tuple[int, float]]:
+        """(step, loss) pairs from the training log."""
+        from ual.common.io import read_jsonl
+
+        return [(r["step"], r["loss"]) for r in read_jsonl(self.log_path) if "loss" in r]
+
+
+def _lora_model(cfg: TrainConfig):
+    """The base model with LoRA adapters on ``cfg.lora_targets`` (gradient checkpointing as configured)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from ual.common.models import resolve
+
+    model = AutoModelForCausalLM.from_pretrained(resolve(cfg.model), dtype=getattr(torch, cfg.dtype),
+                                                 trust_remote_code=False, use_safetensors=not cfg.allow_pickle)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, lora)
+
+
+def _fused_path(cfg: TrainConfig, model) -> tuple[bool, str]:
+    """Whether the fused loss runs for this model, and why (recorded in the manifest)."""
+    if not cfg.fused_loss:
+        return False, "disabled by config"
+    from ual.loss import fused_loss_supported
+
+    return fused_loss_supported(model)
+
+
+def _schedule(cfg: TrainConfig, n_examples: int) -> tuple[int, str, int, float]:
+    """(total optimizer steps, scheduler name, warm-up steps, warm-up ratio) for ``cfg``."""
+    steps_per_epoch = math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum))
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
+    if cfg.authors_lr_ramp:
+        # lr(t) = lr * t / W with W chosen so the last step lands on the authors' observed final lr.
+        return total_steps, "constant_with_warmup", max(1, round(total_steps * cfg.learning_rate / AUTHORS_FINAL_LR)), 0.0
+    return total_steps, cfg.lr_scheduler, 0, cfg.warmup_ratio
+
+
+def _training_arguments(cfg: TrainConfig, out: Path, sched: str, warmup_steps: int, warmup_ratio: float,
+                        progress: bool):
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=sched,
+        # transformers 5: an int is a step count, a float in [0, 1) a share of the steps.
+        warmup_steps=warmup_steps if cfg.authors_lr_ramp else float(warmup_ratio),
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        bf16=cfg.bf16,
+        report_to=cfg.report_to,
+        remove_unused_columns=False,  # keep "eps": the model's forward does not take it
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def fit(cfg: TrainConfig, *, resume: bool = True, progress: bool = True, callbacks: list | None = None) -> TrainResult:
+    """Train one LoRA adapter as ``cfg`` says; resumes from the last checkpoint in ``cfg.output_dir`` if any.
+
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects (timing, early stopping) beside the log writer.
+
+    Checks data, scores and the output folder before loading the model. Returns a :class:`TrainResult`.
+    """
+    from transformers import set_seed
+
+    from ual.common.io import check_writable, write_jsonl
+    from ual.common.manifest import now_iso, update_manifest
+    from ual.common.models import load_tokenizer
+    from ual.data.records import load_records
+    from ual.smoothing import describe
+    from ual.train.trainer import UALTrainer
+    from ual.train.examples import UALCollator
+
+    if not cfg.data:
+        raise InputError(None, None, "data", "no training data file given")
+    out = Path(cfg.output_dir)
+    check_writable(out)
+    records = load_records(cfg.data)
+    eps = sample_eps(cfg, records)  # validates scores before any model work
+
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model, padding_side="right")
+    examples = tokenize_records(records, tokenizer, eps, template=cfg.template, mask_prompt=cfg.mask_prompt,
+                                max_length=cfg.max_length)
+    model = _lora_model(cfg)
+    fused, fused_reason = _fused_path(cfg, model)
+    total_steps, sched, warmup_steps, warmup_ratio = _schedule(cfg, len(examples))
+    args = _training_arguments(cfg, out, sched, warmup_steps, warmup_ratio, progress)
+
+    # Under accelerate/torchrun every process runs this function; only the main one writes shared files.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    log_path = out / "log.jsonl"
+    manifest_path = out / "manifest.json"
+    last = _last_checkpoint(out / "checkpoints") if resume else None
+    if main_process:
+        write_jsonl(out / "eps.jsonl", ({"id": r.id, "source": r.source, "category": r.category, "eps": float(e)}
+                                        for r, e in zip(records, eps)))
+        if last is not None:
+            _trim_log(log_path, int(last.name.split("-")[-1]))
+        elif log_path.exists():
+            log_path.unlink()  # a fresh run: the old log belongs to a run we are not continuing
+        update_manifest(manifest_path, stage="train", status="running", started=now_iso(),
+                        config=config_to_dict(cfg), seed=cfg.seed, n_samples=len(records),
+                        data_sha256=_sha256(cfg.data),
+                        scores_sha256=_sha256(cfg.scores if cfg.method == "ual" else None),
+                        eps=describe(eps), loss_path="fused" if fused else "logits", fused_reason=fused_reason,
+                        total_steps=total_steps, warmup_steps=warmup_steps, resumed_from=str(last) if last else None,
+                        world_size=int(os.environ.get("WORLD_SIZE", "1")))
+
+    trainer = UALTrainer(model=model, args=args, train_dataset=examples,
+                         data_collator=UALCollator(tokenizer.pad_token_id), smoothing=cfg.smoothing,
+                         fused=fused, callbacks=[_log_callback(log_path), *(callbacks or [])])
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    wall = time.time() - t0
+    adapter_dir = out / "adapter"
+    if trainer.is_world_process_zero():
+        model.save_pretrained(str(adapter_dir), safe_serialization=True)
+        tokenizer.save_pretrained(str(adapter_dir))
+    metrics = dict(result.metrics)
+    metrics["wall_seconds_this_session"] = wall
+    if trainer.is_world_process_zero():
+        update_manifest(manifest_path, status="complete", finished=now_iso(), metrics=metrics,
+                        global_step=trainer.state.global_step)
+    return TrainResult(out, adapter_dir, log_path, manifest_path, metrics)

@@ -1,0 +1,59 @@
+"""The training stage of a run: every variant of the grid (methods x mean_eps x seeds) into ``train/<variant>/``."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ual.common.config import config_to_dict
+from ual.train.config import SHARED_FIELDS, Config, TrainConfig
+
+
+def variant_name(method: str, mean_eps: float, seed: int) -> str:
+    """Folder name of one trained variant, e.g. ``ual_eps0.1_seed1337`` (``sft_seed1337`` for SFT)."""
+    return f"sft_seed{seed}" if method == "sft" else f"{method}_eps{mean_eps:g}_seed{seed}"
+
+
+def variants(cfg: Config) -> list[TrainConfig]:
+    """The TrainConfigs of a stage grid, without paths (filled in by :func:`run`)."""
+    shared = {k: getattr(cfg, k) for k in SHARED_FIELDS}
+    out = []
+    for seed in cfg.seeds:
+        for method in cfg.methods:
+            for eps in ([0.0] if method == "sft" else cfg.mean_eps):
+                out.append(TrainConfig(method=method, mean_eps=eps, seed=seed, **shared))
+    return out
+
+
+def variant_config(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
+    """``cfg`` with the run directory's data, scores and output folder filled in."""
+    name = variant_name(cfg.method, cfg.mean_eps, cfg.seed)
+    return dataclasses.replace(cfg, data=str(run_dir / "data" / "train.jsonl"),
+                               scores=str(run_dir / "elicit" / "scores.jsonl") if cfg.method == "ual" else None,
+                               output_dir=str(run_dir / "train" / name))
+
+
+def run(cfg: Config, run_dir: str | Path, *, progress: bool = True):
+    """Train every variant of ``cfg`` on ``run_dir/data/train.jsonl`` (scores from ``run_dir/elicit``) into
+    ``run_dir/train/<variant>/``; finished variants are skipped, interrupted ones resume. Returns a DataFrame with
+    one row per variant (steps, final training loss, seconds, loss path)."""
+    import pandas as pd
+
+    from ual.common.io import read_json
+    from ual.train.fitting import fit
+
+    run_dir = Path(run_dir)
+    rows = []
+    for v in variants(cfg):
+        v = variant_config(v, run_dir)
+        name = Path(v.output_dir).name
+        manifest = Path(v.output_dir) / "manifest.json"
+        done = manifest.exists() and read_json(manifest).get("status") == "complete" \
+            and read_json(manifest).get("config") == config_to_dict(v)
+        if not done:
+            print(f"training {name}", flush=True)
+            fit(v, progress=progress)
+        m = read_json(manifest)
+        rows.append({"variant": name, "method": v.method, "mean_eps": v.mean_eps, "seed": v.seed,
+                     "steps": m.get("global_step"), "train_loss": m["metrics"].get("train_loss"),
+                     "seconds": m["metrics"].get("train_runtime"), "loss_path": m.get("loss_path")})
+    return pd.DataFrame(rows)
