@@ -25,7 +25,9 @@ def params(stage):
     return c
 
 
-def nb(cells):
+def nb(cells, stem):
+    for i, c in enumerate(cells):
+        c.id = f"{stem.split('_')[0]}-{i:02d}"  # stable ids: a rebuild changes only what changed
     n = new_notebook(cells=cells)
     n.metadata["kernelspec"] = {"name": "ual", "display_name": "Python (ual)", "language": "python"}
     n.metadata["language_info"] = {"name": "python"}
@@ -77,5 +79,5 @@ books = {
   K('from IPython.display import Image, display\n\nfor p in paths:\n    if p.endswith(".png"):\n        display(Image(filename=p))')],
 }
 for name, cells in books.items():
-    nbformat.write(nb(cells), ROOT / "notebooks" / name)
+    nbformat.write(nb(cells, name), ROOT / "notebooks" / name)
     print("wrote", name)
