@@ -19,11 +19,12 @@ import json
 import re
 import sys
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ual.common.config import build_config, from_params, load_yaml, parse_override
+from ual.common.config import _type_name, _type_ok, build_config, did_you_mean, from_params, load_yaml, parse_override
 from ual.common.errors import InputError
 from ual.common.paths import data_root, notebooks_dir, profiles_dir, resolve_data_path
 from ual.common.resources import PeakRSS
@@ -104,23 +105,64 @@ class ResolvedProfile:
         return dataclasses.asdict(self.stages[stage])
 
 
-def resolve_profile(name_or_path: str, overrides: list[str] | None = None) -> ResolvedProfile:
-    """Load a profile, apply ``section.key=value`` overrides, and build every stage config (validating it)."""
-    path = profile_path(name_or_path)
+MAX_EXTENDS = 8  # profiles extending profiles: deeper chains are almost surely a loop
+
+
+def load_profile_raw(path: Path, _chain: tuple = ()) -> dict:
+    """A profile's sections with ``extends: <name or path>`` applied: the extended profile's sections, then this
+    file's keys on top (section by section, key by key). A relative path resolves against this file's folder."""
     raw = load_yaml(path)
-    unknown = set(raw) - set(STAGES) - {"run"}
-    if unknown:
-        raise InputError(path, None, sorted(unknown)[0], f"unknown section; sections are run, {', '.join(STAGES)}")
-    for text in overrides or []:
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    if not isinstance(base_name, str) or not base_name:
+        raise InputError(path, None, "extends", f"must name a profile, got {base_name!r}")
+    if len(_chain) >= MAX_EXTENDS or path.resolve() in _chain:
+        raise InputError(path, None, "extends", "profiles extend each other in a loop")
+    rel = path.parent / base_name
+    base_path = rel if rel.suffix in (".yaml", ".yml") and rel.exists() else profile_path(base_name)
+    merged = load_profile_raw(base_path, _chain + (path.resolve(),))
+    for section, values in raw.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
+
+
+def _apply_overrides(raw: dict, overrides: list[str], classes: dict[str, type]) -> None:
+    """Put ``section.key=value`` overrides into ``raw``, checking each against its stage config first so that an
+    error names ``--set`` and the key (with the closest known key for a typo)."""
+    sections = {**classes, "run": RunConfig}
+    for text in overrides:
         key, value = parse_override(text)
         section, _, field = key.partition(".")
-        if not field or section not in set(STAGES) | {"run"}:
+        if not field or section not in sections:
             raise InputError("--set", None, key, f"overrides look like section.key=value with a section in "
-                             f"run, {', '.join(STAGES)}")
-        raw.setdefault(section, {})
-        if raw[section] is None:
+                             f"run, {', '.join(STAGES)}{did_you_mean(section, sections)}")
+        names = {f.name for f in dataclasses.fields(sections[section])}
+        if field not in names:
+            raise InputError("--set", None, key, f"unknown key{did_you_mean(field, names)}; known: "
+                             f"{', '.join(sorted(names))}")
+        ok, _ = _type_ok(value, typing.get_type_hints(sections[section])[field])
+        if not ok:
+            raise InputError("--set", None, key, f"expected {_type_name(typing.get_type_hints(sections[section])[field])}"
+                             f", got {value!r}")
+        if raw.get(section) is None:
             raw[section] = {}
         raw[section][field] = value
+
+
+def resolve_profile(name_or_path: str, overrides: list[str] | None = None) -> ResolvedProfile:
+    """Load a profile (following ``extends:``), apply ``section.key=value`` overrides, and build every stage config
+    (validating it)."""
+    path = profile_path(name_or_path)
+    raw = load_profile_raw(path)
+    unknown = set(raw) - set(STAGES) - {"run"}
+    if unknown:
+        bad = sorted(unknown)[0]
+        raise InputError(path, None, bad, f"unknown section{did_you_mean(bad, (*STAGES, 'run'))}; sections are run, "
+                         f"{', '.join(STAGES)}")
     for section, values in raw.items():
         if values is not None and not isinstance(values, dict):
             raise InputError(path, None, section, "expected a mapping of settings")
@@ -129,6 +171,11 @@ def resolve_profile(name_or_path: str, overrides: list[str] | None = None) -> Re
                 raise InputError(path, None, f"{section}.{key}", "secrets are never profile parameters; put the key "
                                  "in an environment variable and name it with api_key_env")
     classes = stage_config_classes()
+    _apply_overrides(raw, list(overrides or []), classes)
+    for key in (k.split("=", 1)[0].strip() for k in overrides or []):
+        if SECRET_KEY.search(key.rpartition(".")[2]):
+            raise InputError("--set", None, key, "secrets are never parameters; put the key in an environment "
+                             "variable and name it with api_key_env")
     stages = {s: build_config(classes[s], raw.get(s) or {}, source=path, section=s) for s in STAGES}
     run = build_config(RunConfig, raw.get("run") or {}, source=path, section="run")
     return ResolvedProfile(path.stem, path, run, stages)

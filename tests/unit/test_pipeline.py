@@ -65,3 +65,26 @@ def test_dry_run_checks_paths_and_lists_variants(tmp_path):
     p.write_text("data:\n  kind: mix\n  train_sources: [{path: /nope/train.jsonl, n: 3}]\n")
     with pytest.raises(InputError, match="not found"):
         dry_run(resolve_profile(str(p)))
+
+
+def test_extends_lists_only_what_differs(tmp_path):
+    mistral = resolve_profile("paper-mistral-7b")
+    llama = resolve_profile("paper-llama2-7b")
+    assert mistral.stages["train"].model == "mistralai/Mistral-7B-v0.1" and mistral.stages["train"].max_length == 768
+    for stage in STAGES:
+        a, b = dataclasses.asdict(mistral.stages[stage]), dataclasses.asdict(llama.stages[stage])
+        diff = {k for k in a if a[k] != b[k]}
+        assert diff <= {"model", "max_length"}, (stage, diff)
+    loop = tmp_path / "a.yaml"
+    loop.write_text("extends: a.yaml\n")
+    with pytest.raises(InputError, match="loop"):
+        resolve_profile(str(loop))
+
+
+def test_set_one_value_for_a_grid_and_errors_that_name_set():
+    assert resolve_profile("tiny", ["train.mean_eps=0.2"]).stages["train"].mean_eps == [0.2]
+    assert resolve_profile("tiny", ["train.methods=ual"]).stages["train"].methods == ["ual"]
+    with pytest.raises(InputError, match=r"--set.*did you mean 'learning_rate'"):
+        resolve_profile("tiny", ["train.lerning_rate=1"])
+    with pytest.raises(InputError, match=r"--set.*did you mean 'train'"):
+        resolve_profile("tiny", ["trian.max_steps=1"])

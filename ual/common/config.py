@@ -34,6 +34,14 @@ def field_help(cls: type, name: str) -> str:
     raise KeyError(name)
 
 
+def did_you_mean(key: str, known) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``"key=value"`` into the key and the YAML-parsed value (``lr=3e-4`` gives a float)."""
     if "=" not in text:
@@ -82,6 +90,11 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
         return value in typing.get_args(tp), value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
+            # one value where a list is expected is a one-element list (--set train.mean_eps=0.2)
+            args = typing.get_args(tp)
+            ok, v = _type_ok(value, args[0] if args else Any)
+            if ok and value is not None and not isinstance(value, dict):
+                return True, ([v] if origin is list else (v,))
             return False, value
         args = typing.get_args(tp)
         item_tp = args[0] if args else Any
@@ -122,7 +135,8 @@ def build_config(cls: type[T], values: dict, *, source: str | Path | None = None
     for key, value in values.items():
         field = f"{section}.{key}" if section else key
         if key not in names:
-            raise InputError(source, None, field, f"unknown key for {cls.__name__}; known: {', '.join(sorted(names))}")
+            raise InputError(source, None, field, f"unknown key for {cls.__name__}{did_you_mean(key, names)}; "
+                             f"known: {', '.join(sorted(names))}")
         ok, coerced = _type_ok(value, hints[key])
         if not ok:
             raise InputError(source, None, field, f"expected {_type_name(hints[key])}, got {value!r}")
