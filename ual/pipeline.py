@@ -194,6 +194,23 @@ def stage_fingerprints(profile: ResolvedProfile) -> dict[str, str]:
     return out
 
 
+def _ipc_kernel_manager():
+    """A kernel manager that talks to the kernel over local sockets in a private temporary folder instead of TCP on
+    localhost (nothing listens on the network, and the kernel's "running over TCP without encryption" warning is
+    gone)."""
+    import os
+    import tempfile
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            folder = tempfile.mkdtemp(prefix="ual-kernel-")
+            super().__init__(transport="ipc", ip=os.path.join(folder, "kernel"), **kwargs)
+
+    return IPCKernelManager
+
+
 def ensure_kernel() -> str:
     """Register this interpreter as the Jupyter kernel ``ual`` if it is not registered yet; returns its name."""
     from jupyter_client.kernelspec import KernelSpecManager
@@ -292,7 +309,8 @@ def run(profile: ResolvedProfile, *, runs_root: str | Path = "runs", from_stage:
                 pm.execute_notebook(str(NOTEBOOKS / NOTEBOOK_OF[stage]), str(out_nb),
                                     parameters={"run_dir": str(run_dir), **profile.params(stage)},
                                     # Relative paths in a profile resolve against where the run was started.
-                                    kernel_name=kernel, progress_bar=progress, cwd=str(Path.cwd()))
+                                    kernel_name=kernel, progress_bar=progress, cwd=str(Path.cwd()),
+                                    kernel_manager_class=_ipc_kernel_manager())
         except BaseException as e:
             status[stage].update(status="failed", finished=now_iso(), seconds=round(time.time() - t0, 1),
                                  peak_rss_gib=peak.peak_gib,
@@ -350,5 +368,19 @@ def run_run(args) -> int:
     except StageFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"run complete: {run_dir}")
+    print(run_summary(run_dir))
     return 0
+
+
+def run_summary(run_dir: Path) -> str:
+    """What a finished run prints: the headline table (base, SFT, LS, UAL), the figures, and the next commands."""
+    from ual.figures.results import markdown_summary
+
+    figures = sorted((run_dir / "figures").glob("*.png"))
+    lines = [f"run complete: {run_dir}", "", "Headline metrics (mean ± std over seeds; ↑/↓: higher/lower is better):",
+             "", markdown_summary(run_dir), ""]
+    if figures:
+        lines += ["Figures:"] + [f"  {p}" for p in figures] + [""]
+    lines += ["Paired-bootstrap intervals (UAL - SFT, UAL - LS):", f"  python -m ual stats --run {run_dir}",
+              "Figures again from the saved files:", f"  python -m ual figures --run {run_dir}"]
+    return "\n".join(lines)

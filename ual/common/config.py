@@ -229,6 +229,8 @@ def parameters_cell(cls: type, *, overrides: dict | None = None, run_dir_default
         comment = f.metadata.get("help", "")
         if typing.get_origin(tp) is typing.Literal:
             comment = " | ".join(str(a) for a in typing.get_args(tp)) + "; " + comment
+        # papermill's parameter parser stops at "=" inside a trailing comment (it then warns "Unable to parse")
+        comment = comment.replace(">=", "≥").replace("<=", "≤").replace(" = ", " is ").replace("=", ":")
         if len(comment) > PARAMETER_COMMENT_CHARS:
             comment = comment[:PARAMETER_COMMENT_CHARS].rsplit(" ", 1)[0] + " ..."
         lines.append(f"{f.name}: {_annotation(tp)} = {_literal_source(default)}" + (f"  # {comment}" if comment

@@ -10,9 +10,11 @@ Everything else is passed to ``from_pretrained`` (a local folder or a hub id whe
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,25 @@ def load_tokenizer(name_or_path: str, *, padding_side: str = "right"):
     return tok
 
 
+def cache_kwargs(model, cache) -> dict:
+    """The keyword that passes a KV cache to ``model``'s forward: ``cache`` in transformers >= 5.2x,
+    ``past_key_values`` before (now deprecated); so callers work, without warnings, on every supported version."""
+    import inspect
+
+    forward = getattr(model, "forward", None)
+    params = inspect.signature(forward).parameters if forward is not None else {}
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
+@contextlib.contextmanager
+def quiet_peft_warnings():
+    """Hide peft's call of transformers' deprecated ``is_gradient_checkpointing`` (a FutureWarning from inside the
+    two libraries, once per adapter; nothing for a ual user to act on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def load_model(name_or_path: str, *, dtype: str = "float32", adapter: str | None = None,
                allow_pickle: bool = False, device: str | None = None) -> Any:
     """A causal LM in eval mode (optionally with a LoRA adapter folder merged in), safetensors only by default.
@@ -165,7 +186,8 @@ def load_model(name_or_path: str, *, dtype: str = "float32", adapter: str | None
 
         if not Path(adapter).exists():
             raise InputError(adapter, None, "adapter", "adapter folder not found")
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        with quiet_peft_warnings():
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     if device:
         model.to(device)
     model.eval()

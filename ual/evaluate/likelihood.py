@@ -27,6 +27,7 @@ from typing import Sequence
 
 from ual.common.batching import right_pad
 from ual.common.formatting import encode_prompt_and_response
+from ual.common.models import cache_kwargs
 
 
 def _response_ids(messages, response, tokenizer, template, stop_at_eos):
@@ -121,7 +122,7 @@ def answer_set_logprobs(model, tokenizer, messages: Sequence[dict], answers: Seq
             past = copy.deepcopy(cache)
             past.batch_repeat_interleave(len(resps))
             full_mask = torch.cat([torch.ones(len(resps), len(prompt) - 1, dtype=torch.long), mask], dim=1)
-            logits = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), past_key_values=past,
+            logits = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), **cache_kwargs(model, past),
                            use_cache=True).logits
             for j, r in enumerate(resps):
                 lp = torch.log_softmax(logits[j, :len(r)].float(), dim=-1)
