@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.ual-installed
 KERNEL := ual
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup test test-all quickstart bench-quick bench lab figures clean-venv
+.PHONY: setup test test-all quickstart bench-quick bench lab figures clean-venv gpu-wheels gpu-check
 
 setup: $(STAMP)
 
@@ -49,3 +49,22 @@ lab: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# GPU check (benchmarks/RESULTS.md, "GPU check"). `make gpu-wheels` here (network) fetches the pure-Python wheels of
+# benchmarks/gpu_wheels.txt into .gpu-wheels/py3XX/ (ignored; the device tool's `carry` takes it); on the GPU machine
+# `make gpu-check GPU_OUT=DIR` (or `bash benchmarks/gpu_check.sh DIR`) installs them and runs the check with python3.
+GPU_WHEELS  := .gpu-wheels
+GPU_PYTHONS ?= 3.11 3.12 3.13
+GPU_OUT     ?= benchmarks/results
+
+gpu-wheels:
+	rm -rf $(GPU_WHEELS)
+	for v in $(GPU_PYTHONS); do \
+	  $(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --implementation cp --python-version $$v \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	    -d $(GPU_WHEELS)/py$$(echo $$v | tr -d .) -r benchmarks/gpu_wheels.txt || exit 1; \
+	done
+	du -sh $(GPU_WHEELS)
+
+gpu-check:
+	bash benchmarks/gpu_check.sh $(GPU_OUT)

@@ -9,15 +9,20 @@ SIZES_FULL = (1024, 2048, 4096)
 SIZES_QUICK = (1024, 2048)
 
 
-def measure(n: int, reps: int) -> float:
-    """Best-of-``reps`` FLOP/s of an ``n x n`` fp32 matmul (2 n^3 FLOP) with torch's current thread count."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
-    torch.mm(a, b, out=out)  # warm-up
+def measure(n: int, reps: int, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> float:
+    """Best-of-``reps`` FLOP/s of an ``n x n`` matmul (2 n^3 FLOP) in ``dtype`` on ``device`` (CPU: torch's current
+    thread count; CUDA: synchronised around each product, random operands, three warm-ups)."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    for _ in range(1 if torch.device(device).type == "cpu" else 3):
+        torch.mm(a, b, out=out)  # warm-up
+    sync()
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
         torch.mm(a, b, out=out)
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best
 

@@ -65,24 +65,38 @@ def _status(field: str) -> int:
     raise KeyError(field)
 
 
-def time_side_by_side(steps: dict[str, Callable[[], None]], baseline: str, reps: int) -> dict[str, dict]:
-    """Median seconds per step and median per-repetition ratio to ``baseline``, steps interleaved in one process."""
+def time_side_by_side(steps: dict[str, Callable[[], None]], baseline: str, reps: int, *,
+                      sync: Callable[[], None] | None = None, deadline: float | None = None) -> dict[str, dict]:
+    """Median seconds per step and median per-repetition ratio to ``baseline``, steps interleaved in one process.
+
+    ``sync``: called after each step inside the timed region (``torch.cuda.synchronize`` on a GPU, whose kernels run
+    asynchronously). ``deadline``: a ``time.perf_counter()`` value; repetitions stop once it has passed (at least one
+    is always done), and ``reps_done`` says how many ran. Each method's entry also lists the per-repetition ratios.
+    """
     names = list(steps)
+
+    def run(n):
+        steps[n]()
+        if sync is not None:
+            sync()
+
     for n in names:
-        steps[n]()  # warm-up
+        run(n)  # warm-up
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(reps):
+        if r and deadline is not None and time.perf_counter() > deadline:
+            break
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
             gc.collect()
             t0 = time.perf_counter()
-            steps[n]()
+            run(n)
             times[n].append(time.perf_counter() - t0)
     out = {}
     for n in names:
         ratios = [t / b for t, b in zip(times[n], times[baseline])]
         out[n] = {"seconds": statistics.median(times[n]), "seconds_all": times[n],
-                  "time_ratio": statistics.median(ratios)}
+                  "time_ratio": statistics.median(ratios), "ratios_all": ratios, "reps_done": len(times[n])}
     return out
 
 
