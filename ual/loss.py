@@ -36,6 +36,7 @@ Pure tensor code: imports nothing of ``ual``.
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -368,6 +369,111 @@ def fused_smoothed_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, lab
     chunk = int(chunk_size or max(1, FUSED_CHUNK_BYTES // (4 * V)))
     fn = _FusedSmoothedCERecompute if recompute else _FusedSmoothedCE
     return fn.apply(h, weight, bias, target, a, b, w, chunk, need)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Token-weighted cross-entropy: today's adaptive token-level peers of UAL (no smoothing; each target token's NLL is
+# scaled by a detached weight computed from the model's own prediction at that position).
+#
+#   dft  (Wu et al. 2025, "On the Generalization of SFT: A Reinforcement Learning Perspective with Reward
+#        Rectification", arXiv 2508.05629): w_t = p(y_t) detached. As TRL ships it (trl/trainer/sft_trainer.py
+#        ``dft_loss``, ``SFTConfig(loss_type="dft")``) and LLaMA-Factory (``_dft_cross_entropy``).
+#   eaft (arXiv 2601.02151, "Entropy-Adaptive Fine-Tuning"): w_t = (H_k(t) / log k) ** alpha detached, H_k the
+#        entropy of the softmax renormalised over the k largest logits. LLaMA-Factory (src/llamafactory/train/
+#        trainer_utils.py ``_eaft_cross_entropy``, ``use_eaft_loss``) uses k = 20, alpha = 1 and divides by 3.0
+#        (~ log 20 = 2.996); axolotl (src/axolotl/monkeypatch/loss/eaft.py) uses the same k and alpha but does
+#        not normalise. We divide by log k exactly, so the weight is in [0, 1] (0.14 % above LLaMA-Factory's).
+#
+# Both reduce like the smoothed loss: the sum over target tokens divided by their count, or by
+# ``num_items_in_batch`` (gradient accumulation then gives the gradient of one big batch). Why our own code rather
+# than TRL's function: TRL's takes the model outputs and always builds the full [B, T, V] log-softmax; ours gathers
+# the target rows first (prompt-masked tokens cost nothing) and also runs from the final hidden states.
+
+TokenWeighting = Literal["dft", "eaft"]
+TOKEN_WEIGHTINGS = ("dft", "eaft")
+EAFT_TOP_K = 20  # LLaMA-Factory's and axolotl's k
+EAFT_ALPHA = 1.0  # LLaMA-Factory's and axolotl's default exponent
+
+
+def token_weights(logits: torch.Tensor, target: torch.Tensor, weighting: str, *, top_k: int = EAFT_TOP_K,
+                  alpha: float = EAFT_ALPHA) -> torch.Tensor:
+    """Detached per-token weights [N] from logits [N, V] (compute dtype) and targets [N] (see the section above)."""
+    with torch.no_grad():
+        if weighting == "dft":
+            return torch.softmax(logits, -1).gather(1, target[:, None]).squeeze(1)
+        if weighting == "eaft":
+            k = min(top_k, logits.shape[-1])
+            if k < 2:
+                raise ValueError(f"eaft needs a top-k of at least 2 logits, got {k}")
+            logp = torch.log_softmax(torch.topk(logits, k, dim=-1).values, -1)
+            h = -(logp.exp() * logp).sum(-1)
+            return (h / math.log(k)).clamp(min=0.0) ** alpha
+    raise ValueError(f"weighting must be one of {TOKEN_WEIGHTINGS}, got {weighting!r}")
+
+
+def _weighted_rows(logits_rows, target, denom, weighting, top_k, alpha):
+    """sum_t w_t NLL_t / denom over rows already restricted to target positions (plain autograd)."""
+    z = logits_rows.to(_compute_dtype(logits_rows.dtype))
+    nll = torch.nn.functional.cross_entropy(z, target, reduction="none")
+    w = token_weights(z.detach(), target, weighting, top_k=top_k, alpha=alpha)
+    return (w * nll).sum() / denom
+
+
+def _target_rows(labels, ignore_index, shift, num_items_in_batch, vocab_size, dtype, device):
+    """(flat indices of target positions, their targets, the divisor) for labels [B, T]."""
+    B, _ = labels.shape
+    if shift:
+        labels = torch.cat([labels[:, 1:], labels.new_full((B, 1), ignore_index)], dim=1)
+    labels = labels.reshape(-1)
+    valid = labels != ignore_index
+    if bool(((labels < 0) | (labels >= vocab_size))[valid].any()):
+        raise ValueError(f"labels must be in [0, {vocab_size}) or ignore_index={ignore_index}")
+    idx = valid.nonzero().squeeze(1)
+    denom = valid.sum() if num_items_in_batch is None else num_items_in_batch
+    denom = torch.as_tensor(denom, dtype=dtype, device=device).clamp(min=1)
+    return idx, labels[idx], denom
+
+
+def token_weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, weighting: TokenWeighting,
+                                 ignore_index: int = IGNORE_INDEX, shift: bool = True,
+                                 num_items_in_batch: int | torch.Tensor | None = None, top_k: int = EAFT_TOP_K,
+                                 alpha: float = EAFT_ALPHA) -> torch.Tensor:
+    """Cross-entropy with each target token's NLL scaled by a detached weight: ``dft`` or ``eaft`` (section above).
+
+    logits [B, T, V] float (computed in fp32, fp64 stays fp64); labels [B, T] int, ``ignore_index`` ignored;
+    ``shift`` and ``num_items_in_batch`` as in :func:`smoothed_cross_entropy`. Returns a scalar: sum_t w_t NLL_t over
+    target tokens divided by their count (or ``num_items_in_batch``), nats per target token. Only the target rows'
+    logits are copied (memory: those rows x V a few times).
+    """
+    if logits.dim() != 3 or labels.dim() != 2 or logits.shape[:2] != labels.shape:
+        raise ValueError(f"expected logits [B, T, V] and labels [B, T], got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    B, T, V = logits.shape
+    idx, target, denom = _target_rows(labels, ignore_index, shift, num_items_in_batch, V,
+                                      _compute_dtype(logits.dtype), logits.device)
+    return _weighted_rows(logits.reshape(B * T, V).index_select(0, idx), target, denom, weighting, top_k, alpha)
+
+
+def fused_token_weighted_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
+                                       weighting: TokenWeighting, bias: torch.Tensor | None = None,
+                                       ignore_index: int = IGNORE_INDEX, shift: bool = True,
+                                       num_items_in_batch: int | torch.Tensor | None = None,
+                                       top_k: int = EAFT_TOP_K, alpha: float = EAFT_ALPHA) -> torch.Tensor:
+    """``token_weighted_cross_entropy(hidden @ weight.T + bias, labels, ...)`` computing logits for target rows only.
+
+    hidden [B, T, H] (:func:`final_hidden_states`), weight [V, H] and bias [V] of the output layer
+    (:func:`lm_head_weight`). The target rows of ``hidden`` are gathered first and only their logits are computed
+    (plain autograd: with the prompt masked these are a few rows per sample, so no chunking is needed).
+    """
+    if hidden.dim() != 3 or labels.dim() != 2 or hidden.shape[:2] != labels.shape:
+        raise ValueError(f"expected hidden [B, T, H] and labels [B, T], got {tuple(hidden.shape)} and {tuple(labels.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
+        raise ValueError(f"weight must be [V, H] with H = {hidden.shape[2]}, got {tuple(weight.shape)}")
+    B, T, H = hidden.shape
+    idx, target, denom = _target_rows(labels, ignore_index, shift, num_items_in_batch, weight.shape[0],
+                                      _compute_dtype(hidden.dtype), hidden.device)
+    h = hidden.reshape(B * T, H).index_select(0, idx)
+    z = h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)
+    return _weighted_rows(z, target, denom, weighting, top_k, alpha)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -193,3 +193,99 @@ def test_committed_real_data_study_matches_its_metrics():
         np.mean([m["chat"]["alpaca_eval"]["reference_nll_per_token"] for m in ms]))
     assert est[("clustering.silhouette", "ual eps=0.1")] == pytest.approx(
         np.mean([m["clustering"]["mean_silhouette"] for m in ms]))
+
+
+# ----------------------------------------------------------------------------------------------- statistics (v2)
+
+from ual.figures.bootstrap import (bootstrap_p, holm, mcnemar_exact, p_first_better, primary_comparisons,  # noqa: E402
+                                   tost)
+
+
+def test_holm_matches_hand_computation_and_skips_nan():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    out = holm([0.02, math.nan, 0.5])
+    assert out[0] == pytest.approx(0.04) and math.isnan(out[1]) and out[2] == pytest.approx(0.5)
+
+
+def test_mcnemar_exact_on_the_issue_case():
+    """4 item-runs right under the first method only, none the other way: exact two-sided p = 2 / 2**4."""
+    a = np.array([[100, 100, 0, 0, 0], [100, 0, 0, 0, 0], [100, 0, 0, 0, 0]], float)
+    b = np.zeros_like(a)
+    r = mcnemar_exact(a, b)
+    assert (r["n_a_only"], r["n_b_only"]) == (4, 0) and r["p"] == pytest.approx(0.125)
+    assert mcnemar_exact(b, b)["p"] == 1.0
+
+
+def test_ties_are_half_and_p_values_never_zero():
+    assert p_first_better(np.zeros(100), True) == (0.5, 1.0)
+    assert p_first_better(np.array([1.0, -1.0, 0.0, 2.0]), True) == (pytest.approx(0.625), 0.25)
+    assert p_first_better(np.array([1.0, -1.0, 0.0, 2.0]), False) == (pytest.approx(0.375), 0.25)
+    p = bootstrap_p(np.full(999, 3.0))
+    assert p == pytest.approx(2 / 1000) and p > 0
+    assert bootstrap_p(np.zeros(10)) == 1.0
+
+
+def test_tost_equivalence_only_inside_the_margin():
+    rng = np.random.default_rng(0)
+    assert tost(rng.normal(0.01, 0.02, 4000), 0.1)["equivalent"]
+    far = tost(rng.normal(0.2, 0.02, 4000), 0.1)
+    assert not far["equivalent"] and far["p"] > 0.9
+    wide = tost(rng.normal(0.0, 0.2, 4000), 0.1)  # centred on 0 but too uncertain to claim equivalence
+    assert not wide["equivalent"] and wide["lo"] < -0.1 < 0.1 < wide["hi"]
+
+
+def _seeded_run(tmp_path, seed_effect: dict[int, float], n=60):
+    """sft and ual with 3 seeds; ual's NLL is sft's minus seed_effect[seed] on every item (items share noise)."""
+    rng = np.random.default_rng(1)
+    base = rng.random(n) + 1
+    for seed in (1, 2, 3):
+        _model(tmp_path, f"sft_seed{seed}", "sft", 0.0, seed, _rows(rng.random(n) < 0.3, rng.random(n), base))
+        _model(tmp_path, f"ual_eps0.1_seed{seed}", "ual", 0.1, seed,
+               _rows(rng.random(n) < 0.3, rng.random(n), base - seed_effect[seed]))
+    return tmp_path
+
+
+def test_two_level_interval_carries_seed_variance_that_pooling_hides(tmp_path):
+    """When the difference varies by seed and not by item, resampling items alone gives a zero-width interval;
+    resampling seeds first spans the per-seed differences."""
+    stats = bootstrap_table(_seeded_run(tmp_path, {1: 0.0, 2: 0.3, 3: 0.6}), n_boot=1000)
+    d = next(r for r in stats["differences"] if r["metric"] == "math.gsm8k.gold_nll_per_token")
+    assert d["estimate"] == pytest.approx(-0.3)
+    assert d["lo_pooled"] == pytest.approx(-0.3) and d["hi_pooled"] == pytest.approx(-0.3)
+    assert d["lo"] == pytest.approx(-0.6) and d["hi"] == pytest.approx(0.0)  # all-one-seed resamples at the ends
+    assert d["per_seed"] == {"1": pytest.approx(0.0), "2": pytest.approx(-0.3), "3": pytest.approx(-0.6)}
+    g = next(r for r in stats["groups"] if r["metric"] == "math.gsm8k.gold_nll_per_token" and r["group"] == "sft")
+    assert set(g["per_seed"]) == {"1", "2", "3"} and g["n_seeds"] == 3
+
+
+def test_primary_family_is_declared_pairs_with_replicated_arms():
+    groups = ["sft", "ls eps=0.2", "ual eps=0.2", "oracle eps=0.2", "shuffled eps=0.2", "ls eps=0.1", "ual eps=0.1"]
+    n = {g: 3 for g in groups} | {"ls eps=0.1": 1, "ual eps=0.1": 1}
+    assert primary_comparisons(groups, n) == [("ual eps=0.2", "ls eps=0.2"), ("ual eps=0.2", "sft"),
+                                              ("oracle eps=0.2", "ls eps=0.2"), ("ual eps=0.2", "shuffled eps=0.2")]
+
+
+def test_primary_tests_are_holm_corrected_with_tost(run, monkeypatch):
+    stats = bootstrap_table(run, n_boot=300, primary=[("ual eps=0.1", "sft")])
+    # the run has math items only: no declared controlled endpoint, so the family is empty
+    assert stats["primary"] == []
+    from ual.figures import bootstrap as bs
+
+    monkeypatch.setattr(bs, "PRIMARY_ENDPOINTS", ("math.gsm8k.gold_nll_per_token", "math.gsm8k.accuracy_flexible_pct"))
+    monkeypatch.setattr(bs, "EQUIVALENCE_MARGINS", {"math.gsm8k.gold_nll_per_token": 0.05,
+                                                    "math.gsm8k.accuracy_flexible_pct": 5.0})
+    prim = bootstrap_table(run, n_boot=300, primary=[("ual eps=0.1", "sft")])["primary"]
+    assert [r["metric"] for r in prim] == ["math.gsm8k.gold_nll_per_token", "math.gsm8k.accuracy_flexible_pct"]
+    assert all(r["family_size"] == 2 for r in prim)
+    assert prim[0]["p_holm"] == pytest.approx(holm([r["p"] for r in prim])[0])
+    assert prim[0]["reject"] and prim[0]["lo_simultaneous"] <= prim[0]["lo"] and not prim[0]["tost"]["equivalent"]
+    text = markdown_tables(bootstrap_table(run, n_boot=50))
+    assert "P(first better)" in text and "seeds pooled" in text
+
+
+def test_default_comparisons_cover_controls_and_peers():
+    groups = ["sft", "ls eps=0.2", "ual eps=0.2", "oracle eps=0.2", "shuffled eps=0.2", "dft", "eaft"]
+    comps = default_comparisons(groups)
+    for pair in [("ual eps=0.2", "ls eps=0.2"), ("oracle eps=0.2", "ls eps=0.2"), ("oracle eps=0.2", "ual eps=0.2"),
+                 ("ual eps=0.2", "shuffled eps=0.2"), ("dft", "sft"), ("eaft", "sft"), ("ual eps=0.2", "dft")]:
+        assert pair in comps

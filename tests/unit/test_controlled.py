@@ -63,7 +63,7 @@ def test_true_distributions_and_valid_responses(distribution):
     train, evals, spec = make_dataset(200, 400, 10, 10, seed=1, distribution=distribution)
     assert len(spec["categories"]) >= 8
     for name, cat in spec["categories"].items():
-        assert len(cat["items"]) >= 20 and len(set(cat["items"])) == len(cat["items"])
+        assert 4 <= len(cat["items"]) <= 8 and len(set(cat["items"])) == len(cat["items"])
         assert math.fsum(cat["probs"]) == pytest.approx(1.0, abs=1e-12) and min(cat["probs"]) > 0
         assert cat["entropy_nats"] == pytest.approx(entropy(cat["probs"]))
         if distribution == "uniform":
@@ -84,11 +84,56 @@ def test_true_distributions_and_valid_responses(distribution):
                 assert eval(lhs) == int(rhs)  # noqa: S307 - our own arithmetic strings
             assert int(lines[-2].split(" = ")[1]) == int(r.answer) >= 1
     assert counts == {"low": 200, "high": 400}
+    drawn = {c: [0] * len(v["items"]) for c, v in spec["categories"].items()}
+    for r in train:
+        if r.source == HIGH_SOURCE:
+            drawn[r.category][spec["categories"][r.category]["items"].index(r.response)] += 1
+    assert spec["train_answer_counts"] == drawn  # the reference line's counts are the training draws
+
+
+def test_expected_sample_kl_matches_monte_carlo_and_the_issue_numbers():
+    import random
+
+    import numpy as np
+
+    from ual.evaluate.metrics.controlled import expected_sample_kl, sample_kl
+
+    p = [0.5, 0.3, 0.15, 0.05]
+    rng = np.random.default_rng(0)
+    mc = np.mean([sample_kl(p, list(rng.multinomial(6, p))) for _ in range(20000)])
+    assert expected_sample_kl(p, 6) == pytest.approx(mc, abs=0.005)
+    assert expected_sample_kl(p, 0) is None
+    # version 1's 30-answer Zipf category: a perfect sampler scores 0.53 with one valid sample, 0.26 with 16
+    ranks = list(range(1, 31))
+    random.Random("1337-rank-fruit").shuffle(ranks)
+    w = [r ** -1.0 for r in ranks]
+    q = [x / sum(w) for x in w]
+    assert expected_sample_kl(q, 1) == pytest.approx(0.526, abs=1e-3)
+    assert expected_sample_kl(q, 16) == pytest.approx(0.262, abs=1e-3)
+
+
+def test_reference_kls_and_excess_in_metrics():
+    from ual.evaluate.metrics.controlled import expected_sample_kl, reference_kls
+
+    spec = {"categories": {"c": {"items": ["A", "B"], "probs": [0.75, 0.25]}},
+            "train_answer_counts": {"c": [3, 1]}}
+    ref = reference_kls(spec, "c")
+    assert ref["uniform"] == pytest.approx(0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5))
+    assert ref["train_draws"] == pytest.approx(0.75 * math.log(0.75 / (3.5 / 5)) + 0.25 * math.log(0.25 / (1.5 / 5)))
+    assert reference_kls({"categories": spec["categories"]}, "c")["train_draws"] is None  # version 1 spec
+    row = {"id": "h", "family": "high", "category": "c", "greedy": "A",
+           "valid_logprobs": {"A": math.log(0.6), "B": math.log(0.2)}, "samples": ["A", "A", "B", "zz"]}
+    m = controlled_metrics([row], spec)["high"]
+    assert m["reference_kl_uniform"] == pytest.approx(ref["uniform"])
+    assert m["reference_kl_train_draws"] == pytest.approx(ref["train_draws"])
+    raw = 0.75 * math.log(0.75 / (2.5 / 4)) + 0.25 * math.log(0.25 / (1.5 / 4))
+    assert m["sample_kl_true_model"] == pytest.approx(raw)
+    assert m["sample_kl_excess"] == pytest.approx(raw - expected_sample_kl([0.75, 0.25], 3))
 
 
 def test_bad_sizes():
     with pytest.raises(InputError, match="n_eval_high"):
-        make_dataset(1, 1, 1, 31, seed=0)
+        make_dataset(1, 1, 1, 41, seed=0)
     with pytest.raises(InputError, match="distribution"):
         make_dataset(1, 1, 1, 1, seed=0, distribution="pareto")
 

@@ -8,7 +8,7 @@ Two families:
   numbers; the response is a short worked solution, one line per step, ending in ``#### N``; ``answer = "N"``.
   One correct answer: the true distribution puts all its mass on it.
 - **high** (``source="controlled-high"``, ``category=<name>``): open prompts ("Name a fruit.") with a finite valid
-  set of answers (:data:`CATEGORIES`, 10 categories of 21-30 items) and a known true distribution over it, uniform
+  set of answers (:data:`CATEGORIES`, 10 closed sets of 4-8 answers) and a known true distribution over it, uniform
   or Zipf (``p_i`` proportional to ``1 / rank_i ** ZIPF_EXPONENT``, ranks a seeded permutation of the items so the
   favourite is not a pretrained model's favourite). Every training response is ONE draw from it.
 
@@ -30,67 +30,46 @@ from ual.common.errors import InputError
 from ual.common.io import atomic_write_json, read_json
 from ual.data.records import Record, load_records, save_records
 
-BENCHMARK_VERSION = 1  # bump when templates, categories or response formats change
+BENCHMARK_VERSION = 2  # bump when templates, categories or response formats change (2: closed answer sets of 4-8,
+# Zipf exponent 1.5, a fourth held-out open-prompt template, training draw counts in the spec)
 LOW_SOURCE = "controlled-low"
 HIGH_SOURCE = "controlled-high"
 LOW_CATEGORY = "math"
 DISTRIBUTIONS = ("zipf", "uniform")
-ZIPF_EXPONENT = 1.0  # our choice: classic Zipf; makes the true distribution skewed but every answer plausible
+ZIPF_EXPONENT = 1.5  # our choice (version 2; 1.0 in version 1): with 4-8 answers, exponent 1 is close to uniform
+# (KL to uniform 0.14-0.26 nats); 1.5 keeps every answer plausible (mode 0.45-0.6) and puts the uniform distribution
+# 0.3-0.6 nats from the truth, well above what a dozen training draws per category reach
 SAMPLE_KL_ALPHA = 0.5  # add-alpha smoothing of sampled answer counts (Jeffreys prior)
 NORMALISATION = ("lowercase; strip surrounding whitespace, quotes and trailing . ! , ; :; collapse inner "
                  "whitespace; a sample is valid when the result equals a valid answer normalised the same way")
 
 # ----------------------------------------------------------------------------------------------- high family
 
+# Closed answer sets (version 2): every correct answer to the prompt is in the set, so validity is exact, and each
+# set is small (4-8 answers) so that a few hundred training draws can teach the true distribution (the first study's
+# 21-30-answer sets with 16 draws each could not be learnt: docs/controlled-benchmark.md, "Lessons").
 CATEGORIES: dict[str, dict[str, Any]] = {
-    "fruit": {"phrase": "a fruit", "items": [
-        "Apple", "Banana", "Cherry", "Grape", "Mango", "Orange", "Pear", "Peach", "Plum", "Kiwi", "Lemon", "Lime",
-        "Melon", "Papaya", "Pineapple", "Apricot", "Fig", "Guava", "Lychee", "Raspberry", "Strawberry",
-        "Blueberry", "Blackberry", "Coconut", "Pomegranate", "Nectarine", "Watermelon", "Date", "Cranberry",
-        "Tangerine"]},
-    "colour": {"phrase": "a colour", "items": [
-        "Red", "Blue", "Green", "Yellow", "Orange", "Purple", "Pink", "Brown", "Black", "White", "Grey", "Violet",
-        "Indigo", "Turquoise", "Teal", "Maroon", "Navy", "Beige", "Gold", "Silver", "Cyan", "Magenta", "Lavender",
-        "Crimson", "Olive", "Amber", "Coral", "Ivory", "Scarlet", "Emerald"]},
-    "sea_animal": {"phrase": "an animal that lives in the sea", "items": [
-        "Dolphin", "Whale", "Shark", "Octopus", "Squid", "Jellyfish", "Starfish", "Seal", "Sea otter", "Crab",
-        "Lobster", "Shrimp", "Seahorse", "Sea turtle", "Manta ray", "Eel", "Clownfish", "Tuna", "Swordfish",
-        "Walrus", "Orca", "Sea urchin", "Oyster", "Clam", "Barracuda", "Narwhal", "Stingray", "Pufferfish",
-        "Anglerfish", "Cod"]},
-    "number": {"phrase": "a number between 10 and 30", "items": [str(i) for i in range(10, 31)]},
-    "dog_name": {"phrase": "a name for a dog", "items": [
-        "Max", "Bella", "Charlie", "Luna", "Buddy", "Daisy", "Rocky", "Molly", "Cooper", "Lucy", "Bailey", "Sadie",
-        "Duke", "Rosie", "Bear", "Maggie", "Tucker", "Zoe", "Oscar", "Ruby", "Milo", "Coco", "Teddy", "Penny",
-        "Jack", "Lola", "Rex", "Pepper", "Scout", "Biscuit"]},
-    "vegetable": {"phrase": "a vegetable", "items": [
-        "Carrot", "Potato", "Onion", "Broccoli", "Spinach", "Cabbage", "Lettuce", "Cucumber", "Pea", "Green bean",
-        "Corn", "Pumpkin", "Zucchini", "Celery", "Garlic", "Leek", "Radish", "Turnip", "Beetroot", "Kale",
-        "Asparagus", "Eggplant", "Cauliflower", "Artichoke", "Parsnip", "Okra", "Sweet potato"]},
-    "bird": {"phrase": "a bird", "items": [
-        "Sparrow", "Robin", "Eagle", "Owl", "Parrot", "Pigeon", "Crow", "Swan", "Duck", "Goose", "Hawk", "Falcon",
-        "Penguin", "Flamingo", "Peacock", "Hummingbird", "Woodpecker", "Seagull", "Heron", "Stork", "Pelican",
-        "Toucan", "Ostrich", "Canary", "Magpie", "Kingfisher", "Raven", "Finch", "Wren", "Crane"]},
-    "instrument": {"phrase": "a musical instrument", "items": [
-        "Piano", "Guitar", "Violin", "Drum", "Flute", "Trumpet", "Cello", "Harp", "Saxophone", "Clarinet",
-        "Trombone", "Oboe", "Banjo", "Ukulele", "Accordion", "Harmonica", "Tuba", "Double bass", "Mandolin",
-        "Xylophone", "Organ", "Bagpipes", "Viola", "Tambourine", "Sitar", "Bassoon", "Harpsichord", "Cymbals"]},
-    "sport": {"phrase": "a sport", "items": [
-        "Football", "Tennis", "Basketball", "Baseball", "Golf", "Swimming", "Cycling", "Rugby", "Cricket",
-        "Hockey", "Volleyball", "Boxing", "Skiing", "Surfing", "Rowing", "Running", "Badminton", "Table tennis",
-        "Archery", "Fencing", "Judo", "Karate", "Wrestling", "Climbing", "Sailing", "Diving", "Handball", "Polo",
-        "Lacrosse", "Skating"]},
-    "flower": {"phrase": "a flower", "items": [
-        "Rose", "Tulip", "Daisy", "Lily", "Orchid", "Sunflower", "Daffodil", "Iris", "Poppy", "Peony",
-        "Carnation", "Jasmine", "Lotus", "Marigold", "Dahlia", "Hibiscus", "Magnolia", "Chrysanthemum", "Geranium",
-        "Begonia", "Camellia", "Azalea", "Gardenia", "Lilac", "Freesia", "Petunia", "Snowdrop", "Bluebell",
-        "Buttercup", "Primrose"]},
+    "planet": {"phrase": "a planet of the solar system", "items": [
+        "Mercury", "Venus", "Earth", "Mars", "Jupiter", "Saturn", "Uranus", "Neptune"]},
+    "weekday": {"phrase": "a day of the week", "items": [
+        "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]},
+    "continent": {"phrase": "a continent", "items": [
+        "Africa", "Antarctica", "Asia", "Australia", "Europe", "North America", "South America"]},
+    "rainbow": {"phrase": "a colour of the rainbow", "items": [
+        "Red", "Orange", "Yellow", "Green", "Blue", "Indigo", "Violet"]},
+    "die": {"phrase": "a number from 1 to 6", "items": ["1", "2", "3", "4", "5", "6"]},
+    "chess": {"phrase": "a chess piece", "items": ["King", "Queen", "Rook", "Bishop", "Knight", "Pawn"]},
+    "ocean": {"phrase": "an ocean", "items": ["Pacific", "Atlantic", "Indian", "Southern", "Arctic"]},
+    "vowel": {"phrase": "a vowel of the English alphabet", "items": ["A", "E", "I", "O", "U"]},
+    "suit": {"phrase": "a suit in a deck of playing cards", "items": ["Hearts", "Diamonds", "Clubs", "Spades"]},
+    "direction": {"phrase": "a compass direction", "items": ["North", "East", "South", "West"]},
 }
 
 # "{x}" is the category's phrase ("a fruit"). Held-out frames never occur in training prompts.
 HIGH_TEMPLATES = {
     "train": ["Name {x}.", "Give me {x}.", "Tell me {x}.", "Can you think of {x}?", "Say {x}, just one.",
               "I need {x}. Any idea?", "Please suggest {x}."],
-    "heldout": ["Choose {x} for me.", "Come up with {x}.", "What is {x}? One answer, please."],
+    "heldout": ["Choose {x} for me.", "Come up with {x}.", "What is {x}? One answer, please.", "Pick {x}."],
 }
 
 # ----------------------------------------------------------------------------------------------- low family
@@ -195,10 +174,11 @@ def make_dataset(n_train_low: int, n_train_high: int, n_eval_low: int, n_eval_hi
 
     Train records (shuffled, both families) use the ``train`` templates; eval records use the ``heldout`` ones.
     High-entropy eval prompts are distinct (category, held-out template) pairs, spread over categories, so
-    ``n_eval_high`` is at most ``len(CATEGORIES) * len(HIGH_TEMPLATES["heldout"])`` (30). Each part draws from
+    ``n_eval_high`` is at most ``len(CATEGORIES) * len(HIGH_TEMPLATES["heldout"])`` (40). Each part draws from
     its own seeded stream, so e.g. changing ``n_train_low`` does not change the eval set. ``spec`` (JSON) holds
-    each category's valid set, true probabilities and entropy, the templates, and every eval item's family,
-    category and template.
+    each category's valid set, true probabilities and entropy, the templates, how often each answer was drawn for
+    training (``train_answer_counts``, for the reference lines of :mod:`ual.evaluate.metrics.controlled`), and every
+    eval item's family, category and template.
     """
     if distribution not in DISTRIBUTIONS:
         raise InputError(None, None, "distribution", f"must be one of {DISTRIBUTIONS}, got {distribution!r}")
@@ -229,9 +209,11 @@ def make_dataset(n_train_low: int, n_train_high: int, n_eval_low: int, n_eval_hi
     rng = random.Random(f"{seed}-train-high")
     order = [cats[i % len(cats)] for i in range(n_train_high)]  # balanced categories
     rng.shuffle(order)
+    train_counts = {c: [0] * len(CATEGORIES[c]["items"]) for c in cats}
     for i, cat in enumerate(order):
         tpl = rng.choice(HIGH_TEMPLATES["train"])
         item = rng.choices(CATEGORIES[cat]["items"], weights=probs[cat])[0]
+        train_counts[cat][CATEGORIES[cat]["items"].index(item)] += 1
         train.append(Record(f"ctl-train-high-{i:05d}", HIGH_SOURCE,
                             [user(tpl.format(x=CATEGORIES[cat]["phrase"])), assistant(item)], None, cat))
     random.Random(f"{seed}-train-order").shuffle(train)
@@ -273,6 +255,7 @@ def make_dataset(n_train_low: int, n_train_high: int, n_eval_low: int, n_eval_hi
                            "probs": probs[c], "entropy_nats": entropy(probs[c])} for c in cats},
         "high_templates": {k: list(v) for k, v in HIGH_TEMPLATES.items()},
         "low_templates": {k: [dict(t) for t in v] for k, v in LOW_TEMPLATES.items()},
+        "train_answer_counts": train_counts,
         "answer_normalisation": NORMALISATION,
         "sample_kl_alpha": SAMPLE_KL_ALPHA,
         "eval_items": eval_items,

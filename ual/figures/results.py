@@ -15,13 +15,16 @@ from ual.common.io import read_json, read_jsonl
 HEADLINE: list[tuple[str, str, bool]] = [
     ("controlled.low.accuracy_flexible_pct", "low-entropy accuracy, flexible (%)", True),
     ("controlled.low.accuracy_strict_pct", "low-entropy accuracy, strict (%)", True),
-    ("controlled.low.gold_answer_nll_per_token", "gold-answer NLL (nats/token)", False),
+    ("controlled.low.gold_nll_per_token", "whole-solution NLL (nats/token)", False),
+    ("controlled.low.gold_answer_nll_per_token", "answer NLL given the gold solution (nats/token)", False),
     ("controlled.low.ece", "calibration ECE (0-1)", False),
-    ("controlled.high.kl_true_model", "KL(true ‖ model) over valid set (nats)", False),
+    ("controlled.low.brier", "Brier score of answer confidence (0-1)", False),
+    ("controlled.low.auroc", "confidence-vs-correctness AUROC (0.5 = chance)", True),
+    ("controlled.high.kl_true_model", "exact KL(true ‖ model) over valid set (nats)", False),
     ("controlled.high.validity_mass", "valid-answer probability mass (0-1)", True),
     ("controlled.high.coverage_pct", "sampled coverage of valid set (%)", True),
     ("controlled.high.validity_rate_pct", "sampled validity (%)", True),
-    ("controlled.high.sample_kl_true_model", "KL(true ‖ sampled answers) (nats)", False),
+    ("controlled.high.sample_kl_excess", "sampled-answer KL above a perfect sampler's (nats)", False),
     ("math.*.protocols.*.accuracy", "math accuracy (%)", True),
     ("math.*.gold_nll_per_token", "gold solution NLL (nats/token)", False),
     ("math.*.ece", "math calibration ECE (0-1)", False),
@@ -93,11 +96,81 @@ def metrics_frame(run_dir: str | Path):
                                        "value"])
 
 
+# Methods whose variants carry no eps (the training stage names them <method>_seed<N>); ual.train.config knows the
+# same set, but ual.figures imports no training code.
+NO_EPS_METHODS = ("base", "sft", "dft", "eaft")
+METHOD_ORDER = ("base", "sft", "ls", "ual", "oracle", "shuffled", "dft", "eaft")
+
+
 def method_label(method: str, mean_eps: float | None) -> str:
-    """``"ual eps=0.1"``-style label of a method group (``base`` and ``sft`` carry no eps)."""
-    if method in ("base", "sft") or mean_eps is None:
+    """``"ual eps=0.1"``-style label of a method group (``base``, ``sft``, ``dft`` and ``eaft`` carry no eps)."""
+    if method in NO_EPS_METHODS or mean_eps is None:
         return method
     return f"{method} eps={mean_eps:g}"
+
+
+def group_method(group: str) -> str:
+    """The method of a group label (``"ual eps=0.1"`` -> ``"ual"``)."""
+    return group.split()[0]
+
+
+def group_eps(group: str) -> float | None:
+    """The mean eps of a group label, None for groups without one."""
+    return float(group.split("eps=")[1]) if "eps=" in group else None
+
+
+def group_order(groups) -> list[str]:
+    """Group labels in reading order: base, sft, ls, ual, oracle, shuffled, dft, eaft, others; by eps within."""
+    def key(g):
+        m = group_method(g)
+        return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), group_eps(g) or 0.0, g)
+
+    return sorted(groups, key=key)
+
+
+def kl_reference_lines(run_dir: str | Path) -> dict:
+    """Reference lines for the exact KL on the run's held-out open prompts (``ual.evaluate.metrics.controlled.
+    reference_kls`` averaged over the spec's high-entropy eval items): ``{"uniform", "train_draws"}`` in nats
+    (``train_draws`` None for benchmark version 1, whose spec has no training counts); ``{}`` without a spec."""
+    from ual.evaluate.metrics.controlled import reference_kls
+
+    path = Path(run_dir) / "data" / "controlled_spec.json"
+    if not path.exists():
+        return {}
+    spec = read_json(path)
+    cats = [it["category"] for it in spec.get("eval_items", {}).values() if it.get("family") == "high"]
+    if not cats:
+        return {}
+    refs = [reference_kls(spec, c) for c in cats]
+    out = {"uniform": sum(r["uniform"] for r in refs) / len(refs), "train_draws": None}
+    if all(r["train_draws"] is not None for r in refs):
+        out["train_draws"] = sum(r["train_draws"] for r in refs) / len(refs)
+    return out
+
+
+# A pairwise judge whose two presentation orders pick the same winner in fewer than half of the pairs is no better
+# than its position bias (a judge that ignores the answers and always prefers one position scores 0); our rule.
+JUDGE_MIN_POSITION_AGREEMENT = 0.5
+
+
+def judge_checks(run_dir: str | Path) -> dict[str, dict]:
+    """Per evaluation set with judge annotations: ``{set: {"position_agreement" (0-1, pooled over every model's
+    judged pairs), "n_pairs", "passed"}}``. Position agreement: share of pairs whose two orders pick the same winner
+    (both preferences above 1.5 or both below), as ``ual.evaluate.judge.position_agreement`` computes it per file
+    (not imported here: ual.figures imports no evaluation-running code)."""
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    for p in sorted(Path(run_dir).glob("evaluate/*/annotations_*.json")):
+        name = p.stem[len("annotations_"):]
+        for a in read_json(p):
+            x, y = a.get("preference_reference_first"), a.get("preference_model_first")
+            if x is not None and y is not None:
+                pairs.setdefault(name, []).append((float(x), float(y)))
+    out = {}
+    for name, both in pairs.items():
+        agree = sum((x > 1.5) == (y > 1.5) for x, y in both) / len(both)
+        out[name] = {"position_agreement": agree, "n_pairs": len(both),
+                     "passed": agree >= JUDGE_MIN_POSITION_AGREEMENT}
+    return out
 
 
 def summary_table(run_dir: str | Path):
@@ -111,7 +184,8 @@ def summary_table(run_dir: str | Path):
     g = df.groupby(["label", "group"])["value"].agg(["mean", "std", "count"]).reset_index()
     g["cell"] = [f"{m:.3g} ± {s:.2g} (n={c})" if c > 1 else f"{m:.3g}" for m, s, c in zip(g["mean"], g["std"].fillna(0),
                                                                                             g["count"])]
-    return g.pivot(index="label", columns="group", values="cell")
+    table = g.pivot(index="label", columns="group", values="cell")
+    return table[group_order(table.columns)]
 
 
 def loss_logs(run_dir: str | Path) -> dict[str, list[dict]]:
@@ -185,8 +259,7 @@ def markdown_summary(run_dir: str | Path, *, digits: int = 3) -> str:
     if df.empty:
         return "(no metrics)"
     df["group"] = [method_label(m, e) for m, e in zip(df["method"], df["mean_eps"])]
-    order = sorted(df["group"].unique(), key=lambda g: (["base", "sft", "ls", "ual"].index(g.split()[0])
-                                                         if g.split()[0] in ("base", "sft", "ls", "ual") else 9, g))
+    order = group_order(df["group"].unique())
     lines = ["| metric | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
     for label in dict.fromkeys(df["label"]):
         sub = df[df["label"] == label]

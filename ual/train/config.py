@@ -13,7 +13,17 @@ from typing import Literal
 from ual.common.config import setting
 from ual.common.errors import InputError
 
-METHODS = ("sft", "ls", "ual")
+METHODS = ("sft", "ls", "ual", "oracle", "shuffled", "dft", "eaft")
+# Methods whose loss is the token-weighted cross-entropy of ual.loss (no smoothing, eps 0): they train one variant
+# per seed, like sft, whatever mean_eps says.
+TOKEN_WEIGHTED_METHODS = ("dft", "eaft")
+# Methods that read the elicited scores.
+SCORED_METHODS = ("ual", "shuffled")
+METHOD_HELP = ("sft (eps 0), ls (every sample mean_eps), ual (eps per sample from its score, same mean), oracle "
+               "(controlled benchmark only: eps 0 on low-entropy items, the rest on high-entropy ones, same mean), "
+               "shuffled (ual's eps values randomly reassigned to samples, seeded), dft (NLL scaled by the target's "
+               "detached probability, Wu et al. 2025) or eaft (NLL scaled by the normalised top-20 entropy, "
+               "LLaMA-Factory's use_eaft_loss)")
 REPORT_TO = ("none", "tensorboard", "wandb")
 
 
@@ -86,10 +96,9 @@ class TrainConfig(TrainSettings):
     """One training run (``ual.train.fit``, ``python -m ual train``): the shared settings plus what makes a variant."""
 
     data: str = setting("", "canonical records JSONL (ual.data) to train on. Required.")
-    scores: str | None = setting(None, "uncertainty scores JSONL (ual.elicit output); method ual only.")
+    scores: str | None = setting(None, "uncertainty scores JSONL (ual.elicit output); methods ual and shuffled only.")
     output_dir: str = setting("runs/dev/train/ual", "folder for the adapter, log, checkpoints and manifest.")
-    method: Literal["sft", "ls", "ual"] = setting(
-        "ual", "sft (eps 0), ls (every sample mean_eps) or ual (eps per sample from its score, same mean).")
+    method: Literal["sft", "ls", "ual", "oracle", "shuffled", "dft", "eaft"] = setting("ual", METHOD_HELP + ".")
     mean_eps: float = setting(0.1, "target mean smoothing, in [0, 1) (paper grid 0.1-0.5); LS uses the same value.")
     seed: int = setting(1337, "seed of the model init, data order and dropout (authors: 1337).")
 
@@ -104,9 +113,12 @@ class TrainStageConfig(TrainSettings):
     """The training stage of a run: every shared setting plus the grid methods x mean_eps x seeds (sft ignores
     mean_eps). Data, scores and output folders come from the run directory."""
 
-    methods: list[str] = setting(list(METHODS), "variants to train: any of sft, ls, ual.")
+    methods: list[str] = setting(["sft", "ls", "ual"], "variants to train, any of: " + METHOD_HELP + ".")
     mean_eps: list[float] = setting([0.1], "target mean smoothing values, each in [0, 1) (paper grid 0.1-0.5).")
     seeds: list[int] = setting([1337], "one adapter per seed and method (authors: 1337).")
+    extra_variants: list[dict] = setting(
+        [], "single variants beyond the grid, each {method, mean_eps, seed} (ours: e.g. an eps sweep with one "
+        "seed per extra point).")
 
     def __post_init__(self) -> None:
         self._check_shared()
@@ -119,6 +131,18 @@ class TrainStageConfig(TrainSettings):
         for e in self.mean_eps:
             if not (isinstance(e, (int, float)) and 0 <= e < 1 and math.isfinite(e)):
                 raise InputError(None, None, "mean_eps", f"each value must be in [0, 1), got {e!r}")
+        for k, v in enumerate(self.extra_variants):
+            field = f"extra_variants[{k}]"
+            if not isinstance(v, dict) or set(v) != {"method", "mean_eps", "seed"}:
+                raise InputError(None, None, field, f"must be {{method, mean_eps, seed}}, got {v!r}")
+            if v["method"] not in METHODS:
+                raise InputError(None, None, f"{field}.method", f"unknown method {v['method']!r}; methods: "
+                                 f"{', '.join(METHODS)}")
+            e = v["mean_eps"]
+            if not (isinstance(e, (int, float)) and 0 <= e < 1 and math.isfinite(e)):
+                raise InputError(None, None, f"{field}.mean_eps", f"must be in [0, 1), got {e!r}")
+            if not isinstance(v["seed"], int):
+                raise InputError(None, None, f"{field}.seed", f"must be an integer, got {v['seed']!r}")
 
 
 Config = TrainStageConfig  # the stage's config under the name every stage uses

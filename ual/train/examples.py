@@ -14,16 +14,40 @@ from ual.common.formatting import IGNORE_INDEX
 
 def sample_eps(cfg, records) -> "np.ndarray":
     """Per-sample eps [N] for ``records`` under ``cfg.method`` (a ``TrainConfig``; scores read and checked for
-    method "ual")."""
+    methods "ual" and "shuffled").
+
+    - ``sft``, ``dft``, ``eaft``: 0 (the last two weight tokens instead of smoothing);
+    - ``ls``: ``mean_eps`` everywhere; ``ual``: the authors' mapping of the scores (``ual.smoothing``);
+    - ``oracle``: the controlled benchmark's known entropy class: 0 on low-entropy records
+      (``ual.data.controlled.LOW_SOURCE``), ``mean_eps * N / n_high`` on high-entropy ones, so the mean is
+      ``mean_eps`` (an InputError when that exceeds ``eps_cap`` or a record is from neither family);
+    - ``shuffled``: ual's values, randomly permuted over the records with ``numpy.random.default_rng(seed)``: same
+      values and mean, no information about which sample is uncertain.
+    """
+    import numpy as np
+
+    if cfg.method == "oracle":
+        return _oracle_eps(cfg, records)
+    eps = _mapped_eps(cfg, records, "ual" if cfg.method == "shuffled" else cfg.method)
+    if cfg.method == "shuffled":
+        eps = eps[np.random.default_rng(cfg.seed).permutation(len(eps))]
+    return eps
+
+
+def _mapped_eps(cfg, records, method: str) -> "np.ndarray":
+    """eps of the methods ``ual.smoothing.eps_for_method`` knows (sft, ls, ual); token-weighted methods get 0."""
     import numpy as np
 
     from ual.data.records import load_scores
     from ual.smoothing import ScoreError, eps_for_method
+    from ual.train.config import TOKEN_WEIGHTED_METHODS
 
+    if method in TOKEN_WEIGHTED_METHODS:
+        return np.zeros(len(records))
     scores = None
-    if cfg.method == "ual":
+    if method == "ual":
         if not cfg.scores:
-            raise InputError(None, None, "scores", "method 'ual' needs a scores file")
+            raise InputError(None, None, "scores", f"method {cfg.method!r} needs a scores file")
         rng = tuple(cfg.score_range) if cfg.score_range is not None else (0.0, math.inf)
         by_id = load_scores(cfg.scores, records, score_range=rng)
         scores = np.array([by_id[r.id] for r in records])
@@ -32,13 +56,33 @@ def sample_eps(cfg, records) -> "np.ndarray":
     else:
         rng = (0.0, 99.0)
     try:
-        return eps_for_method(cfg.method, scores, len(records), mean_eps=cfg.mean_eps, mapping=cfg.mapping,
+        return eps_for_method(method, scores, len(records), mean_eps=cfg.mean_eps, mapping=cfg.mapping,
                               cap=cfg.eps_cap, score_range=rng,
                               eps_range=tuple(cfg.eps_range) if cfg.eps_range else None)
     except ScoreError as e:
         raise InputError(cfg.scores, None, "score", str(e)) from None
     except ValueError as e:
         raise InputError(cfg.scores, None, "mean_eps", str(e)) from None
+
+
+def _oracle_eps(cfg, records) -> "np.ndarray":
+    """eps from the controlled benchmark's entropy class (see :func:`sample_eps`)."""
+    import numpy as np
+
+    from ual.data.controlled import HIGH_SOURCE, LOW_SOURCE
+
+    other = [r for r in records if r.source not in (LOW_SOURCE, HIGH_SOURCE)]
+    if other:
+        raise InputError(cfg.data or None, None, "source", f"method 'oracle' needs controlled-benchmark records "
+                         f"({LOW_SOURCE!r} or {HIGH_SOURCE!r}); record {other[0].id!r} has {other[0].source!r}")
+    high = np.array([r.source == HIGH_SOURCE for r in records])
+    if cfg.mean_eps > 0 and not high.any():
+        raise InputError(cfg.data or None, None, "source", "method 'oracle' needs at least one high-entropy record")
+    value = cfg.mean_eps * len(records) / max(int(high.sum()), 1)
+    if value > cfg.eps_cap:
+        raise InputError(None, None, "mean_eps", f"oracle eps on high-entropy records would be {value:.3g} > "
+                         f"eps_cap {cfg.eps_cap}: lower mean_eps or add high-entropy records")
+    return np.where(high, value, 0.0)
 
 
 def tokenize_records(records, tokenizer, eps, *, template: str, mask_prompt: bool, max_length: int) -> list[dict]:

@@ -128,8 +128,20 @@ def _fused_path(cfg: TrainConfig, model) -> tuple[bool, str]:
     if not cfg.fused_loss:
         return False, "disabled by config"
     from ual.loss import fused_loss_supported
+    from ual.train.config import TOKEN_WEIGHTED_METHODS
 
-    return fused_loss_supported(model)
+    ok, why = fused_loss_supported(model)
+    if ok and cfg.method in TOKEN_WEIGHTED_METHODS:
+        return True, (f"{cfg.method}: target rows gathered from the final hidden states, their logits only "
+                      "(ual.loss.fused_token_weighted_cross_entropy)")
+    return ok, why
+
+
+def _loss_type(method: str) -> str:
+    """The trainer's ``loss_type`` for a method: the token-weighted peers by name, every other method "smoothed"."""
+    from ual.train.config import TOKEN_WEIGHTED_METHODS
+
+    return method if method in TOKEN_WEIGHTED_METHODS else "smoothed"
 
 
 def _schedule(cfg: TrainConfig, n_examples: int) -> tuple[int, str, int, float]:
@@ -228,7 +240,8 @@ def fit(cfg: TrainConfig, *, resume: bool = True, progress: bool = True, callbac
 
     trainer = UALTrainer(model=model, args=args, train_dataset=examples,
                          data_collator=UALCollator(tokenizer.pad_token_id), smoothing=cfg.smoothing,
-                         fused=fused, callbacks=[_log_callback(log_path), *(callbacks or [])])
+                         fused=fused, loss_type=_loss_type(cfg.method),
+                         callbacks=[_log_callback(log_path), *(callbacks or [])])
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     wall = time.time() - t0

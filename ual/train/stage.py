@@ -5,22 +5,33 @@ import dataclasses
 from pathlib import Path
 
 from ual.common.config import config_to_dict
-from ual.train.config import SHARED_FIELDS, Config, TrainConfig
+from ual.train.config import SCORED_METHODS, SHARED_FIELDS, TOKEN_WEIGHTED_METHODS, Config, TrainConfig
+
+
+def _without_eps(method: str) -> bool:
+    """Methods that smooth nothing (sft and the token-weighted peers): one variant per seed, named without eps."""
+    return method == "sft" or method in TOKEN_WEIGHTED_METHODS
 
 
 def variant_name(method: str, mean_eps: float, seed: int) -> str:
-    """Folder name of one trained variant, e.g. ``ual_eps0.1_seed1337`` (``sft_seed1337`` for SFT)."""
-    return f"sft_seed{seed}" if method == "sft" else f"{method}_eps{mean_eps:g}_seed{seed}"
+    """Folder name of one trained variant, e.g. ``ual_eps0.1_seed1337`` (``sft_seed1337`` for SFT, ``dft_seed1337``
+    for the token-weighted methods)."""
+    return f"{method}_seed{seed}" if _without_eps(method) else f"{method}_eps{mean_eps:g}_seed{seed}"
 
 
 def variants(cfg: Config) -> list[TrainConfig]:
-    """The TrainConfigs of a stage grid, without paths (filled in by :func:`run`)."""
+    """The TrainConfigs of a stage grid plus its ``extra_variants``, without paths (filled in by :func:`run`);
+    a variant listed twice is trained once."""
     shared = {k: getattr(cfg, k) for k in SHARED_FIELDS}
-    out = []
-    for seed in cfg.seeds:
-        for method in cfg.methods:
-            for eps in ([0.0] if method == "sft" else cfg.mean_eps):
-                out.append(TrainConfig(method=method, mean_eps=eps, seed=seed, **shared))
+    out, seen = [], set()
+    wanted = [(seed, method, eps) for seed in cfg.seeds for method in cfg.methods
+              for eps in ([0.0] if _without_eps(method) else cfg.mean_eps)]
+    wanted += [(v["seed"], v["method"], 0.0 if _without_eps(v["method"]) else float(v["mean_eps"]))
+               for v in cfg.extra_variants]
+    for seed, method, eps in wanted:
+        if variant_name(method, eps, seed) not in seen:
+            seen.add(variant_name(method, eps, seed))
+            out.append(TrainConfig(method=method, mean_eps=eps, seed=seed, **shared))
     return out
 
 
@@ -28,7 +39,8 @@ def variant_config(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     """``cfg`` with the run directory's data, scores and output folder filled in."""
     name = variant_name(cfg.method, cfg.mean_eps, cfg.seed)
     return dataclasses.replace(cfg, data=str(run_dir / "data" / "train.jsonl"),
-                               scores=str(run_dir / "elicit" / "scores.jsonl") if cfg.method == "ual" else None,
+                               scores=str(run_dir / "elicit" / "scores.jsonl") if cfg.method in SCORED_METHODS
+                               else None,
                                output_dir=str(run_dir / "train" / name))
 
 

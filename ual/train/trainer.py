@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
-from ual.loss import smoothed_cross_entropy
+from ual.loss import fused_token_weighted_cross_entropy, smoothed_cross_entropy, token_weighted_cross_entropy
 
 # Keys a collator may add that the model's forward must not receive (TRL adds completion/assistant masks).
 NON_MODEL_KEYS = ("completion_mask", "assistant_masks", "id")
@@ -41,14 +41,22 @@ class UALLossMixin:
     """``compute_loss`` = :func:`ual.loss.smoothed_cross_entropy` with each sample's ``eps`` from the batch.
 
     Keyword arguments it takes from the trainer's constructor: ``smoothing`` ("nontarget", the authors', or
-    "uniform") and ``fused`` (loss from the final hidden states without materialising the logits; the caller checks
-    :func:`ual.loss.fused_loss_supported` first). Logs the mean/min/max eps and token count of each logged step.
+    "uniform"), ``fused`` (loss from the final hidden states without materialising the logits; the caller checks
+    :func:`ual.loss.fused_loss_supported` first) and ``loss_type``: "smoothed" (the default, UAL's loss; eps from
+    the batch) or one of the token-weighted peers "dft" / "eaft" (:func:`ual.loss.token_weighted_cross_entropy`;
+    the batch's eps is ignored). Logs the mean/min/max eps and token count of each logged step.
     """
 
-    def __init__(self, *args, smoothing: str = "nontarget", fused: bool = False, **kwargs):
+    def __init__(self, *args, smoothing: str = "nontarget", fused: bool = False, loss_type: str = "smoothed",
+                 **kwargs):
+        from ual.loss import TOKEN_WEIGHTINGS
+
+        if loss_type != "smoothed" and loss_type not in TOKEN_WEIGHTINGS:
+            raise ValueError(f"loss_type must be 'smoothed' or one of {TOKEN_WEIGHTINGS}, got {loss_type!r}")
         super().__init__(*args, **kwargs)
         self.smoothing = smoothing
         self.fused = fused
+        self.loss_type = loss_type
         self._eps_seen: list[float] = []
         self._tokens_seen = 0
 
@@ -68,13 +76,21 @@ class UALLossMixin:
 
             hidden = final_hidden_states(model, inputs["input_ids"], inputs.get("attention_mask"))
             weight, bias = lm_head_weight(model)
-            loss = fused_smoothed_cross_entropy(hidden, weight, labels, eps, bias=bias, smoothing=self.smoothing,
-                                                num_items_in_batch=num_items_in_batch)
+            if self.loss_type == "smoothed":
+                loss = fused_smoothed_cross_entropy(hidden, weight, labels, eps, bias=bias, smoothing=self.smoothing,
+                                                    num_items_in_batch=num_items_in_batch)
+            else:
+                loss = fused_token_weighted_cross_entropy(hidden, weight, labels, bias=bias, weighting=self.loss_type,
+                                                          num_items_in_batch=num_items_in_batch)
             outputs = None
         else:
             outputs = model(**inputs)
-            loss = smoothed_cross_entropy(outputs.logits, labels, eps, smoothing=self.smoothing,
-                                          num_items_in_batch=num_items_in_batch)
+            if self.loss_type == "smoothed":
+                loss = smoothed_cross_entropy(outputs.logits, labels, eps, smoothing=self.smoothing,
+                                              num_items_in_batch=num_items_in_batch)
+            else:
+                loss = token_weighted_cross_entropy(outputs.logits, labels, weighting=self.loss_type,
+                                                    num_items_in_batch=num_items_in_batch)
         # Same convention as Trainer.compute_loss: with tokens counted across processes, DDP's gradient mean
         # must be undone so that N processes give the gradient of one big batch.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:

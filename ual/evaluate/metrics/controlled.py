@@ -12,7 +12,11 @@
   answer), coverage (percent of the valid set hit by at least one sample), and the KL of the true distribution to
   the samples' distribution with add-``SAMPLE_KL_ALPHA`` smoothing over the valid set (our choice: the Jeffreys
   prior, which keeps the KL finite when an answer is never sampled), per prompt and pooled over the prompts of a
-  category; undefined for a prompt (category) without any valid sample.
+  category; undefined for a prompt (category) without any valid sample. That raw sample KL falls with the number of
+  valid samples even for a perfect sampler, so ``sample_kl_excess`` subtracts the perfect sampler's expectation
+  (:func:`expected_sample_kl`) at the same count.
+- reference lines for the exact KL (:func:`reference_kls`): the uniform distribution over the valid set and the
+  smoothed training draws of the category.
 
 Nothing here knows which training method produced the model, so any outcome can show.
 """
@@ -58,6 +62,24 @@ def _need(row: dict, key: str, line: int, path) -> Any:
     return row[key]
 
 
+def brier_score(confidences: Sequence[float], correct: Sequence[bool]) -> float:
+    """Mean squared error of the confidence as a probability of being right, in [0, 1] (Brier 1950)."""
+    c, y = np.asarray(confidences, dtype=float), np.asarray(correct, dtype=float)
+    return float(np.mean((c - y) ** 2))
+
+
+def confidence_auroc(confidences: Sequence[float], correct: Sequence[bool]) -> float | None:
+    """AUROC of the confidence for telling right answers from wrong ones (0.5 = chance), ties counted half
+    (scikit-learn's ``roc_auc_score``); None when every answer is right or every answer is wrong. ECE rewards a
+    confidence level that matches the accuracy on average; this asks whether the confidence ranks items at all."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(correct, dtype=bool)
+    if y.all() or not y.any():
+        return None
+    return float(roc_auc_score(y, np.asarray(confidences, dtype=float)))
+
+
 def sample_kl(p: Sequence[float], counts: Sequence[int]) -> float | None:
     """KL(p || add-alpha smoothed sample distribution) in nats; None when no sample was valid (with no valid
     sample the smoothed distribution is the uniform prior alone, which says nothing about the model)."""
@@ -66,6 +88,37 @@ def sample_kl(p: Sequence[float], counts: Sequence[int]) -> float | None:
         return None
     total = n + SAMPLE_KL_ALPHA * len(counts)
     return kl_divergence(p, [(c + SAMPLE_KL_ALPHA) / total for c in counts])
+
+
+def expected_sample_kl(p: Sequence[float], n: int, alpha: float = SAMPLE_KL_ALPHA) -> float | None:
+    """E[KL(p || (counts + alpha) / (n + alpha K))] over counts ~ Multinomial(n, p): what a perfect sampler scores
+    with ``n`` valid samples (nats; None for n = 0). Exact: the KL is a sum of per-answer terms, so only each
+    count's Binomial(n, p_i) marginal is needed. It falls with n (for example 0.53 nats at n = 1 and 0.26 at n = 16
+    on a 30-answer Zipf set), which is why the raw sample KL measures how many valid samples a model drew as much
+    as its distribution."""
+    from scipy.stats import binom
+
+    if n <= 0:
+        return None
+    p = np.asarray(p, dtype=float)
+    c = np.arange(n + 1)
+    e_log = np.array([(binom.pmf(c, n, pi) * np.log(c + alpha)).sum() for pi in p])
+    return float(np.sum(rel_entr(p, np.ones_like(p))) - np.sum(p * e_log) + math.log(n + alpha * len(p)))
+
+
+def reference_kls(spec: dict, category: str) -> dict:
+    """Reference lines for KL(true || model) on one category's prompts (nats): ``uniform`` (the uniform distribution
+    over the valid set) and ``train_draws`` (the category's training draws, add-``SAMPLE_KL_ALPHA`` smoothed like
+    the sample KL; None when the spec has no ``train_answer_counts``, i.e. benchmark version 1). A model that
+    learnt exactly what its training data shows would sit near ``train_draws``."""
+    cat = spec["categories"][category]
+    p = cat["probs"]
+    out = {"uniform": kl_divergence(p, [1.0 / len(p)] * len(p)), "train_draws": None}
+    counts = (spec.get("train_answer_counts") or {}).get(category)
+    if counts:
+        total = sum(counts) + SAMPLE_KL_ALPHA * len(counts)
+        out["train_draws"] = kl_divergence(p, [(c + SAMPLE_KL_ALPHA) / total for c in counts])
+    return out
 
 
 def high_item_metrics(row: dict, spec: dict, *, line: int | None = None, path=None) -> dict:
@@ -82,8 +135,10 @@ def high_item_metrics(row: dict, spec: dict, *, line: int | None = None, path=No
     lp = [float(lps[it]) for it in items]
     lse = float(logsumexp(lp))
     q = [math.exp(x - lse) for x in lp]
+    ref = reference_kls(spec, cat)
     out = {"validity_mass": math.exp(lse), "log_validity_mass": lse, "kl_true_model": kl_divergence(p, q),
-           "entropy_model": entropy(q), "entropy_true": entropy(p)}
+           "entropy_model": entropy(q), "entropy_true": entropy(p), "reference_kl_uniform": ref["uniform"],
+           "reference_kl_train_draws": ref["train_draws"]}
     if "samples" in row and row["samples"] is not None:
         samples = row["samples"]
         if not isinstance(samples, list) or not samples or not all(isinstance(s, str) for s in samples):
@@ -100,6 +155,8 @@ def high_item_metrics(row: dict, spec: dict, *, line: int | None = None, path=No
                     "coverage_pct": 100.0 * sum(c > 0 for c in counts) / len(items),
                     "n_distinct_valid": sum(c > 0 for c in counts), "valid_counts": counts,
                     "sample_kl_true_model": sample_kl(p, counts)})
+        if n_valid:
+            out["sample_kl_excess"] = out["sample_kl_true_model"] - expected_sample_kl(p, n_valid)
     greedy = row.get("greedy")
     if isinstance(greedy, str):
         out["greedy_valid"] = normalise_answer(greedy) in {normalise_answer(it) for it in items}
@@ -157,6 +214,8 @@ def controlled_metrics(scored_rows: Iterable[dict], spec: dict, *, ece_protocol:
             "gold_nll_per_token": _mean(gold_nll),
             "gold_answer_nll_per_token": _mean(ans_nll),
             "ece": expected_calibration_error(conf, correct, n_bins=n_bins),
+            "brier": brier_score(conf, correct),
+            "auroc": confidence_auroc(conf, correct),
             "ece_protocol": ece_protocol,
             "mean_confidence": _mean(conf),
             "reliability_bins": reliability_bins(conf, correct, n_bins=n_bins),
@@ -164,10 +223,12 @@ def controlled_metrics(scored_rows: Iterable[dict], spec: dict, *, ece_protocol:
         }
 
     def summarise(ms: list[dict]) -> dict:
-        keys = ["validity_mass", "log_validity_mass", "kl_true_model", "entropy_model", "entropy_true"]
+        keys = ["validity_mass", "log_validity_mass", "kl_true_model", "entropy_model", "entropy_true",
+                "reference_kl_uniform", "reference_kl_train_draws"]
         out = {"n_prompts": len(ms)}
         for k in keys:
-            out[k] = _mean([m[k] for m in ms])
+            vals = [m[k] for m in ms if m.get(k) is not None]
+            out[k] = _mean(vals) if len(vals) == len(ms) else None
         out["validity_mass_median"] = _median([m["validity_mass"] for m in ms])
         sampled = [m for m in ms if "n_samples" in m]
         if sampled:
@@ -175,6 +236,7 @@ def controlled_metrics(scored_rows: Iterable[dict], spec: dict, *, ece_protocol:
                 out[k] = _mean([m[k] for m in sampled])
             defined = [m["sample_kl_true_model"] for m in sampled if m["sample_kl_true_model"] is not None]
             out["sample_kl_true_model"] = _mean(defined)
+            out["sample_kl_excess"] = _mean([m["sample_kl_excess"] for m in sampled if "sample_kl_excess" in m])
             out["n_prompts_with_valid_samples"] = len(defined)
             out["n_samples_per_prompt"] = sampled[0]["n_samples"]
         greedy = [m["greedy_valid"] for m in ms if "greedy_valid" in m]
@@ -205,10 +267,22 @@ def controlled_metrics(scored_rows: Iterable[dict], spec: dict, *, ece_protocol:
                                 "the mean, see n_prompts_with_valid_samples) when no sample is valid",
         "sample_kl_pooled": "the same with the valid samples of all prompts of a category pooled; mean over "
                             "categories with a valid sample",
+        "sample_kl_excess": "sample_kl_true_model minus what a perfect sampler scores in expectation with the same "
+                            "number of valid samples (expected_sample_kl): the raw sample KL falls with the number "
+                            "of valid samples alone, the excess does not; > 0 is worse than sampling the truth",
+        "reference_kl_uniform": "KL(true || uniform over the valid set), nats, mean over the same prompts",
+        "reference_kl_train_draws": f"KL(true || training draws of the prompt's category + {SAMPLE_KL_ALPHA}), "
+                                    "nats, mean over the same prompts (benchmark version >= 2)",
         "coverage_pct": "distinct valid answers among the samples / valid-set size, percent",
         "answer_normalisation": NORMALISATION,
         "ece": f"{n_bins} uniform bins; confidence = p(greedy answer tokens | prompt, greedy reasoning); no answer "
                "read -> confidence 0, wrong",
+        "brier": "mean (confidence - correct)^2 over the low-entropy items, same confidence",
+        "auroc": "AUROC of the same confidence for right vs wrong greedy answers; null when all or none are right",
+        "gold_nll_per_token": "NLL of the whole reference solution given the prompt, nats/token (the outcome)",
+        "gold_answer_nll_per_token": "NLL of the final answer's tokens given the prompt and the reference solution "
+                                     "before them, nats/token (a manipulation check: the solution contains the "
+                                     "answer already)",
     }
     return result
 
