@@ -17,13 +17,13 @@ import random
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ual.common.errors import InputError
 from ual.common.io import iter_jsonl, write_jsonl
 
 ROLES = ("system", "user", "assistant")
-FORMATS = ("auto", "records", "alpaca", "gsm8k", "metamath", "sharegpt", "alpaca_eval")
+FORMATS = ("auto", "records", "alpaca", "gsm8k", "metamath", "sharegpt", "lima", "alpaca_eval")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
 
@@ -209,12 +209,18 @@ def _parse_metamath(path, line, row, source, index) -> Record:
                   answer=m.group(1).rstrip(".").strip(), category=category)
 
 
-def _parse_sharegpt(path, line, row, source, index) -> Record:
+def _conversations(path, line, row, what: str = "") -> list:
+    """A row's non-empty ``conversations`` list (ShareGPT and LIMA rows)."""
     conv = row.get("conversations")
     if conv is None:
         raise InputError(path, line, "conversations", "is missing")
     if not isinstance(conv, list) or not conv:
-        raise InputError(path, line, "conversations", "expected a non-empty list")
+        raise InputError(path, line, "conversations", f"expected a non-empty list{what}")
+    return conv
+
+
+def _parse_sharegpt(path, line, row, source, index) -> Record:
+    conv = _conversations(path, line, row)
     msgs = []
     for k, turn in enumerate(conv):
         fld = f"conversations[{k}]"
@@ -230,6 +236,18 @@ def _parse_sharegpt(path, line, row, source, index) -> Record:
     return Record(rid, source, msgs)
 
 
+def _parse_lima(path, line, row, source, index) -> Record:
+    """GAIR/lima rows: ``conversations`` is a list of strings, user and assistant turns alternating from the user;
+    the test split holds the prompt alone (a prompt-only record)."""
+    conv = _conversations(path, line, row, " of strings")
+    msgs = []
+    for k, text in enumerate(conv):
+        value = _str_field(path, line, {f"conversations[{k}]": text}, f"conversations[{k}]")
+        msgs.append({"role": "user" if k % 2 == 0 else "assistant", "content": value})
+    category = _str_field(path, line, row, "source", required=False)
+    return Record(f"{source}-{index}", source, msgs, category=category)
+
+
 def _parse_alpaca_eval(path, line, row, source, index) -> Record:
     instruction = _str_field(path, line, row, "instruction")
     output = _str_field(path, line, row, "output", allow_empty=True)
@@ -241,7 +259,7 @@ def _parse_alpaca_eval(path, line, row, source, index) -> Record:
 
 
 _PARSERS = {"alpaca": _parse_alpaca, "gsm8k": _parse_gsm8k, "metamath": _parse_metamath, "sharegpt": _parse_sharegpt,
-            "alpaca_eval": _parse_alpaca_eval}
+            "lima": _parse_lima, "alpaca_eval": _parse_alpaca_eval}
 
 
 def detect_format(row: dict) -> str:
@@ -249,7 +267,8 @@ def detect_format(row: dict) -> str:
     if "messages" in row:
         return "records"
     if "conversations" in row:
-        return "sharegpt"
+        conv = row["conversations"]
+        return "lima" if isinstance(conv, list) and conv and isinstance(conv[0], str) else "sharegpt"
     if "question" in row and "answer" in row:
         return "gsm8k"
     if "query" in row and "response" in row:
@@ -262,13 +281,16 @@ def detect_format(row: dict) -> str:
 
 
 def parse_rows(rows: Iterable[tuple[int, dict]], *, fmt: str = "auto", source: str | None = None,
-               path: str | Path | None = None) -> list[Record]:
-    """Turn raw ``(line, row)`` pairs into checked :class:`Record` s; duplicate ids are an error."""
+               path: str | Path | None = None, first_index: int = 0) -> list[Record]:
+    """Turn raw ``(line, row)`` pairs into checked :class:`Record` s; duplicate ids are an error.
+
+    ``first_index``: the source row number of the first row given (ids made from row numbers, ``<source>-<row>``,
+    stay those of the whole source when only a slice of its rows is parsed)."""
     if fmt not in FORMATS:
         raise InputError(path, None, "format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out: list[Record] = []
     seen: dict[str, int] = {}
-    for index, (line, row) in enumerate(rows):
+    for index, (line, row) in enumerate(rows, start=first_index):
         f = fmt if fmt != "auto" else detect_format(row)
         if f == "unknown":
             raise InputError(path, line, None, "cannot tell the format from the keys "
@@ -286,10 +308,28 @@ def parse_rows(rows: Iterable[tuple[int, dict]], *, fmt: str = "auto", source: s
 
 # ----------------------------------------------------------------------------------------------- public loaders
 
-def load_file(path: str | Path, *, fmt: str = "auto", source: str | None = None) -> list[Record]:
-    """Load a local ``.json``/``.jsonl`` file in any supported format into records."""
+def row_range(rows: Sequence[int | None] | None, total: int, *, where=None) -> range:
+    """The source rows a ``rows: [start, stop]`` setting selects out of ``total``: a Python slice in file order
+    (either end null; negative counts from the end, so ``[-1030, null]`` is the last 1,030 rows and ``[0, -1030]``
+    all the others). None selects every row."""
+    if rows is None:
+        return range(total)
+    if (not isinstance(rows, (list, tuple)) or len(rows) != 2
+            or any(v is not None and (isinstance(v, bool) or not isinstance(v, int)) for v in rows)):
+        raise InputError(where, None, "rows", f"must be [start, stop] with integers or null, got {rows!r}")
+    return range(total)[slice(rows[0], rows[1])]
+
+
+def load_file(path: str | Path, *, fmt: str = "auto", source: str | None = None,
+              rows: Sequence[int | None] | None = None) -> list[Record]:
+    """Load a local ``.json``/``.jsonl`` file in any supported format into records (``rows``: see
+    :func:`row_range`; ids keep the rows' numbers in the whole file)."""
     path = Path(path)
-    return parse_rows(read_rows(path), fmt=fmt, source=source, path=path)
+    if rows is None:
+        return parse_rows(read_rows(path), fmt=fmt, source=source, path=path)
+    raw = list(read_rows(path))
+    r = row_range(rows, len(raw), where=path)
+    return parse_rows(raw[r.start:r.stop], fmt=fmt, source=source, path=path, first_index=r.start)
 
 
 def load_records(path: str | Path) -> list[Record]:
@@ -303,33 +343,51 @@ def save_records(path: str | Path, records: Sequence[Record]) -> int:
 
 
 def load_hub(hub_id: str, *, split: str = "train", fmt: str = "auto", source: str | None = None,
-             config: str | None = None) -> list[Record]:
-    """Load a Hugging Face hub dataset (needs network), e.g. ``load_hub("openai/gsm8k", config="main")``."""
+             config: str | None = None, rows: Sequence[int | None] | None = None,
+             data_files: str | None = None) -> list[Record]:
+    """Load a Hugging Face hub dataset (needs network), e.g. ``load_hub("openai/gsm8k", config="main")``.
+
+    ``data_files``: a JSON/JSONL file inside the dataset repository, read with the ``json`` builder instead of
+    the repository's own loader (``datasets`` >= 4 no longer runs loading scripts, which GAIR/lima has):
+    ``load_hub("GAIR/lima", data_files="test.jsonl")``. ``rows``: see :func:`row_range`."""
     import datasets  # imported here: heavy, and only needed online
 
-    ds = datasets.load_dataset(hub_id, config, split=split)
-    rows = ((i + 1, dict(r)) for i, r in enumerate(ds))
-    return parse_rows(rows, fmt=fmt, source=source or hub_id.split("/")[-1], path=f"hub:{hub_id}")
+    if data_files:
+        ds = datasets.load_dataset("json", data_files=f"hf://datasets/{hub_id}/{data_files}", split="train")
+    else:
+        ds = datasets.load_dataset(hub_id, config, split=split)
+    r = row_range(rows, len(ds), where=f"hub:{hub_id}")
+    if rows is not None:
+        ds = ds.select(r)
+    pairs = ((r.start + i + 1, dict(x)) for i, x in enumerate(ds))
+    return parse_rows(pairs, fmt=fmt, source=source or hub_id.split("/")[-1], path=f"hub:{hub_id}",
+                      first_index=r.start)
 
 
 def load(path_or_hub_id: str | Path, *, fmt: str = "auto", source: str | None = None, split: str = "train",
-         config: str | None = None) -> list[Record]:
+         config: str | None = None, rows: Sequence[int | None] | None = None,
+         data_files: str | None = None) -> list[Record]:
     """Load records from a local file (as given, or under the data root: :func:`ual.common.paths.resolve_data_path`),
-    else from the hub id (online only)."""
+    else from the hub id (online only). ``rows`` keeps a slice of the source's rows (:func:`row_range`);
+    ``data_files`` names a file inside a hub repository (:func:`load_hub`)."""
     from ual.common.paths import resolve_data_path
 
     p = resolve_data_path(path_or_hub_id)
     if p is not None:
-        return load_file(p, fmt=fmt, source=source)
+        return load_file(p, fmt=fmt, source=source, rows=rows)
     s = str(path_or_hub_id)
     if s.endswith((".json", ".jsonl")) or s.startswith((".", "/")) or s.count("/") > 1:
         raise InputError(s, None, None, "file not found")
-    return load_hub(s, split=split, fmt=fmt, source=source, config=config)
+    return load_hub(s, split=split, fmt=fmt, source=source, config=config, rows=rows, data_files=data_files)
 
 
 @dataclass
 class SourceSpec:
-    """One source of a mixed set: where to load it, how many samples to take (None = all), its format."""
+    """One source of a mixed set: where to load it, how many samples to take (None = all), its format.
+
+    ``rows``: ``[start, stop]``, a slice of the source's rows in file order taken before ``n`` is drawn (e.g.
+    ``[-1030, null]``: the last 1,030 rows); ids keep the rows' numbers in the whole source. ``data_files``: a
+    file inside a hub dataset repository, for repositories whose loading script ``datasets`` no longer runs."""
 
     path: str
     n: int | None = None
@@ -337,23 +395,35 @@ class SourceSpec:
     source: str | None = None
     split: str = "train"
     config: str | None = None
+    rows: list | None = None
+    data_files: str | None = None
+
+    def load(self) -> list[Record]:
+        """Every record this spec names (its ``rows`` slice; ``n`` is not drawn here)."""
+        return load(self.path, fmt=self.format, source=self.source, split=self.split, config=self.config,
+                    rows=self.rows, data_files=self.data_files)
 
 
-def mix(specs: Sequence[SourceSpec | dict], *, seed: int = 1337, shuffle: bool = True) -> list[Record]:
+def mix(specs: Sequence[SourceSpec | dict], *, seed: int = 1337, shuffle: bool = True,
+        select: Callable[[SourceSpec, list[Record]], list[Record]] | None = None) -> list[Record]:
     """Load each source, draw ``n`` samples from it without replacement (seeded), and concatenate.
 
     The draw of one source does not depend on the other sources, so adding a source keeps the others' samples.
+    ``select(spec, records)``, when given, runs on each source's records after the draw and returns the ones to keep
+    (the data stage's ``select: deita`` step, :mod:`ual.data.select`).
     """
     out: list[Record] = []
     for k, spec in enumerate(specs):
         if isinstance(spec, dict):
             spec = SourceSpec(**spec)
-        recs = load(spec.path, fmt=spec.format, source=spec.source, split=spec.split, config=spec.config)
+        recs = spec.load()
         if spec.n is not None:
             if spec.n > len(recs):
                 raise InputError(spec.path, None, "n", f"asks for {spec.n} samples but the source has {len(recs)}")
             rng = random.Random(f"{seed}-{spec.source or spec.path}")
             recs = [recs[i] for i in sorted(rng.sample(range(len(recs)), spec.n))]
+        if select is not None:
+            recs = select(spec, recs)
         out.extend(recs)
     ids = [r.id for r in out]
     if len(set(ids)) != len(ids):

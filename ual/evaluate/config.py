@@ -39,7 +39,7 @@ class EvalConfig:
     judge_concurrency: int = setting(4, 'openai judge: requests in flight at once.')
     lc_method: str = setting("auto", 'length-controlled win rate method of ual.evaluate.metrics.winrate: auto, alpaca_eval, published, refit or none.')
     clustering: bool = setting(False, "run the paper's token-clustering analysis.")
-    clustering_set: str = setting("train", 'probe texts: train or an eval set name.')
+    clustering_set: str = setting("train", 'probe texts: train, a probe set (data.probe_sets) or an eval set name.')
     clustering_n: int = setting(100, 'probe texts, >= 1.')
     clustering_top_k: int = setting(42, 'most frequent tokens whose pairs are scored (paper 42).')
     clustering_max_length: int = setting(256, 'tokens per probe text.')

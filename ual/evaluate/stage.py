@@ -170,16 +170,22 @@ def _clustering(model, tok, cfg: EvalConfig, run_dir: Path, path: Path, template
 
     from ual.data.records import load_records
     from ual.evaluate.clustering import collect_hidden_states, pairwise_silhouette
-    from ual.common.formatting import build_example
+    from ual.common.formatting import build_example, encode_prompt
 
     if path.exists():
         return
-    src = run_dir / "data" / ("train.jsonl" if cfg.clustering_set == "train" else f"eval_{cfg.clustering_set}.jsonl")
+    data, name = run_dir / "data", cfg.clustering_set
+    # A probe set (data.probe_sets, e.g. the paper's LIMA test prompts) is read before an eval set of that name.
+    src = data / "train.jsonl" if name == "train" else data / f"probe_{name}.jsonl"
+    if not src.exists():
+        src = data / f"eval_{name}.jsonl"
     recs = load_records(src)
     rng = random.Random(cfg.seed)
     recs = rng.sample(recs, min(cfg.clustering_n, len(recs)))
-    # Probe texts are the full conversations, as the paper feeds LIMA test prompts with their responses.
-    texts = [tok.decode(build_example(r.messages, tok, template=template)["input_ids"]) for r in recs]
+    # Probe texts are the full conversations; a prompt-only record (the LIMA test split) is its prompt in the
+    # template up to the assistant header, as the authors fed it.
+    texts = [tok.decode(build_example(r.messages, tok, template=template)["input_ids"] if r.response is not None
+                        else encode_prompt(r.messages, tok, template=template)) for r in recs]
     feats, labels = collect_hidden_states(model, tok, texts, max_length=cfg.clustering_max_length,
                                           batch_size=cfg.batch_size)
     res = pairwise_silhouette(feats, labels, top_k=cfg.clustering_top_k, seed=cfg.seed, tokenizer=tok)
