@@ -191,13 +191,13 @@ def test_changed_model_or_prompt_refuses_to_mix(server, api_cfg, tmp_path):
 
 # ----------------------------------------------------------------------------------------------- LCA
 
-def test_lca_reconstruction_hand_computed():
-    # 4 samples: classes A, A, B, C with NLL/len such that the Gibbs weights are exp(-0.5), exp(-0.5), exp(-1),
+def test_lca_reconstruction_v1_hand_computed():
+    # reconstruction-v1, kept selectable (tests/unit/test_lca.py covers v2). 4 samples: classes A, A, B, C with NLL/len such that the Gibbs weights are exp(-0.5), exp(-0.5), exp(-1),
     # exp(-2); the label g is in class A with mean NLL 0.25, so Q(A) = exp(-0.25).
     classes = ["A", "A", "B", "C"]
     nll = [1.0, 1.5, 3.0, 2.0]
     lens = [2, 3, 3, 1]
-    out = lca_reconstruction(classes, nll, lens, "A", 1.0, 4)
+    out = lca_reconstruction(classes, nll, lens, "A", 1.0, 4, variant="v1")
     wa, wb, wc = 2 * math.exp(-0.5), math.exp(-1.0), math.exp(-2.0)
     z = wa + wb + wc
     p = {"A": wa / z, "B": wb / z, "C": wc / z}
@@ -214,10 +214,16 @@ def test_lca_reconstruction_hand_computed():
 
 
 def test_lca_label_outside_samples_and_all_agree():
-    out = lca_reconstruction(["B", "B"], [1.0, 1.0], [1, 1], "A", 2.0, 2)   # label class never sampled
+    out = lca_reconstruction(["B", "B"], [1.0, 1.0], [1, 1], "A", 2.0, 2, variant="v1")   # label class never sampled
     assert out["lca_entropy"] == pytest.approx(0.0) and out["lca"] == pytest.approx(-math.log(1 - math.exp(-1)))
-    out = lca_reconstruction(["A", "A"], [1.0, 1.0], [1, 1], "A", 0.5, 1)   # all agree with the label
+    out = lca_reconstruction(["A", "A"], [1.0, 1.0], [1, 1], "A", 0.5, 1, variant="v1")   # all agree with the label
     assert out["lca"] == pytest.approx(0.5)
+    # v2: the label joins the samples with weight q = exp(-1): P+(A) = q / (2 exp(-1) + q) = 1/3
+    out = lca_reconstruction(["B", "B"], [1.0, 1.0], [1, 1], "A", 2.0, 2)
+    assert out["lca_pointwise"] == pytest.approx(math.log(3)) and out["lca"] == out["lca_full"]
+    assert out["lca_full"] == pytest.approx(-(1 / 3) * math.log(1 / 3) - (2 / 3) * math.log(2 / 3) + math.log(3))
+    out = lca_reconstruction(["A", "A"], [1.0, 1.0], [1, 1], "A", 0.5, 1)
+    assert out["lca_full"] == pytest.approx(0.0) and out["lca_pointwise"] == pytest.approx(0.0)
 
 
 def test_predictive_entropy():
@@ -255,8 +261,11 @@ def _model_cfg(model_dir, backend, **kw):
 @pytest.mark.parametrize("backend, kw, fields", [
     ("likelihood", {"greedy": True}, ("mean_nll", "mean_entropy", "gnll", "gnll_mean")),
     ("likelihood", {"likelihood_score": "mean_entropy"}, ("mean_nll", "mean_entropy")),
-    ("sampling", {"num_samples": 3}, ("lca", "lca_entropy", "lca_kl", "predictive_entropy")),
-    ("sampling", {"num_samples": 2, "label_source": "greedy", "sampling_score": "entropy"}, ("lca",)),
+    ("sampling", {"num_samples": 3, "label_source": "reference"},
+     ("lca", "lca_full", "lca_pointwise", "lca_v1", "lca_entropy", "lca_kl", "predictive_entropy", "label_agreement")),
+    ("sampling", {"num_samples": 2, "sampling_score": "entropy", "lca_variant": "pointwise"}, ("lca",)),
+    ("sampling", {"num_samples": 2, "lca_variant": "v1", "label_source": "reference"}, ("lca_v1",)),
+    ("sar", {"num_samples": 2, "sar_score": "token_sar"}, ("token_sar", "lca_full", "lca_pointwise")),
     ("local", {}, ("number_mass",)),
     ("source", {"source_scores": {"gsm8k": 5, "rp": 80}}, ()),
 ])
@@ -276,6 +285,11 @@ def test_model_backends_give_nonnegative_finite_scores(tiny_model_dir, tiny_reco
         assert all(r["score"] == r["mean_nll"] for r in read_jsonl(out))
     if backend == "local":
         assert all(0 <= r["score"] <= 99 and 0 < r["number_mass"] <= 1 for r in read_jsonl(out))
+    if backend in ("sampling", "sar"):
+        key = {"sar": kw.get("sar_score"), "sampling": "predictive_entropy" if kw.get("sampling_score") == "entropy"
+               else f"lca_{kw.get('lca_variant', 'full')}"}[backend]
+        assert all(r["score"] == r[key] for r in read_jsonl(out))
+        assert all(r["settings"]["label_source"] == kw.get("label_source", "greedy") for r in read_jsonl(out))
     import torch
 
     assert torch.is_grad_enabled()  # scoring must not switch autograd off for the rest of the process

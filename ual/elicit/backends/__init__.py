@@ -1,5 +1,5 @@
 """Scoring backends: ``openai`` (the paper's API rater, :mod:`.api`), ``source`` (a fixed table, :mod:`.source`)
-and the local-model ones, ``local``, ``likelihood`` and ``sampling`` (:mod:`.lm`). :func:`make_backend` picks one;
+and the local-model ones, ``local``, ``likelihood``, ``sampling`` and ``sar`` (:mod:`.lm`). :func:`make_backend` picks one;
 model backends load their model lazily, on the first record to score."""
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def make_backend(cfg: ElicitConfig) -> Backend:
         return SourceBackend(cfg)
     from ual.elicit.backends import lm
 
-    return {"local": lm.LocalBackend, "likelihood": lm.LikelihoodBackend, "sampling": lm.SamplingBackend}[cfg.backend](cfg)
+    return {"local": lm.LocalBackend, "likelihood": lm.LikelihoodBackend, "sampling": lm.SamplingBackend,
+            "sar": lm.SarBackend}[cfg.backend](cfg)
 
 
 __all__ = ["Backend", "ERROR", "OK", "PARSE_FAILURE", "make_backend"]

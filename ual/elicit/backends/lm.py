@@ -24,6 +24,7 @@ from ual.elicit.config import ElicitConfig
 from ual.elicit.lca import answer_class, assign_classes, lca_reconstruction, predictive_entropy
 from ual.elicit.prompt import load_prompt, rating_messages, render_example
 from ual.common.errors import InputError
+from ual.common.models import cache_kwargs
 
 CANDIDATE_CHUNK = 25  # rating candidates per forward pass: bounds the expanded KV cache's memory
 
@@ -155,7 +156,8 @@ def generate(lm, prompts: Sequence[list[int]], *, pad_id: int, eos_ids: list[int
     """Batched generation (left padding) with each reply's NLL under the model's unmodified distribution.
 
     Returns ``len(prompts) * num_return_sequences`` dicts (prompt-major): ``ids`` (reply tokens up to and
-    including the first EOS), ``nll`` (sum over those tokens, nats), ``len``, ``finished`` (EOS reached).
+    including the first EOS), ``nll`` (sum over those tokens, nats), ``token_nll`` (per token), ``len``,
+    ``finished`` (EOS reached).
     """
     import torch
     from transformers import GenerationConfig
@@ -178,7 +180,8 @@ def generate(lm, prompts: Sequence[list[int]], *, pad_id: int, eos_ids: list[int
         g = gen[i].tolist()
         is_eos = torch.isin(gen[i], eos).nonzero()
         n = int(is_eos[0]) + 1 if len(is_eos) else len(g)
-        rows.append({"ids": g[:n], "nll": float(tok_nll[i, :n].sum()), "len": n, "finished": bool(len(is_eos))})
+        rows.append({"ids": g[:n], "nll": float(tok_nll[i, :n].sum()), "token_nll": tok_nll[i, :n].tolist(), "len": n,
+                     "finished": bool(len(is_eos))})
     return rows
 
 
@@ -254,7 +257,7 @@ class LocalBackend(_ModelBackend):
             mask = torch.cat([torch.ones((len(chunk), len(prompt_ids)), dtype=torch.long), cand_mask], dim=1)
             c_cache = copy.deepcopy(cache)
             c_cache.batch_repeat_interleave(len(chunk))
-            lp = torch.log_softmax(lm(input_ids=ids, attention_mask=mask, past_key_values=c_cache,
+            lp = torch.log_softmax(lm(input_ids=ids, attention_mask=mask, **cache_kwargs(lm, c_cache),
                                       use_cache=True).logits.float(), -1)  # [C, W, V]
             for i, c in enumerate(chunk):
                 n = start + i
@@ -336,10 +339,51 @@ class LikelihoodBackend(_ModelBackend):
                     yield row
 
 
+LCA_METHOD = ("LCA reconstruction-v2 (docs/elicitation.md): H(P+) - log P+(c_g) and its pointwise term; v1 kept "
+              "for comparison; not the published formula")
+
+
+def lca_row(r: Record, texts: Sequence[str], samples: Sequence[dict], label: dict, variant: str) -> dict:
+    """Answer classes of K sampled replies, their predictive entropy and every LCA reconstruction for one label.
+
+    ``samples``: :func:`generate` rows; ``label``: ``{"text", "nll", "len"}`` of the label source g. Math records
+    (category ``math`` or a gold ``answer``) are classed by final number, others by normalised exact match."""
+    is_math = r.category == "math" or r.answer is not None
+    classes = assign_classes([answer_class(t, math_answer=is_math) for t in texts])
+    label_class = answer_class(label["text"], math_answer=is_math) or "invalid:label"
+    lca = lca_reconstruction(classes, [s["nll"] for s in samples], [s["len"] for s in samples],
+                             label_class, label["nll"], label["len"], variant=variant)
+    return {"predictive_entropy": predictive_entropy(classes), "classes": classes, "label_class": label_class,
+            **{k: lca[k] for k in ("lca", "lca_full", "lca_pointwise", "lca_v1", "lca_entropy", "lca_kl",
+                                   "label_confidence", "label_agreement")}}
+
+
+def sar_row(similarity, tok, prompt_text: str, samples: Sequence[dict], temperature: float) -> dict:
+    """token-SAR, sentence-SAR and SAR (:mod:`ual.elicit.sar`) of K sampled replies (:func:`generate` rows):
+    one embedder pass over every reply with each token removed, one over the K replies. Also returns the
+    similarity model's description and the seconds each pass took."""
+    import time
+
+    from ual.elicit.sar import removal_texts, sar_measures
+
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+    t0, c0 = time.perf_counter(), time.process_time()
+    groups = [removal_texts(decode, prompt_text, s["ids"]) for s in samples]
+    token_sims = similarity.removal_similarities(groups)
+    t1, c1 = time.perf_counter(), time.process_time()
+    pair = similarity.pairwise([full for full, _ in groups])
+    t2, c2 = time.perf_counter(), time.process_time()
+    out = sar_measures([s["token_nll"] for s in samples], token_sims, pair, temperature=temperature)
+    out.update(sar_similarity_model=similarity.describe(), seconds_token_relevance=t1 - t0, seconds_pairwise=t2 - t1,
+               cpu_seconds_token_relevance=c1 - c0, cpu_seconds_pairwise=c2 - c1)
+    return out
+
+
 class SamplingBackend(_ModelBackend):
     """K sampled replies per prompt: predictive entropy over answer classes and the LCA score (a reconstruction,
-    see :func:`ual.elicit.lca.lca_reconstruction`). Math samples (category ``math`` or a gold ``answer``) are
-    classed by final number, others by normalised exact match."""
+    see :func:`ual.elicit.lca.lca_reconstruction`; ``lca_variant`` picks which one is the score, all are recorded).
+    Math samples (category ``math`` or a gold ``answer``) are classed by final number, others by normalised exact
+    match."""
 
     name = "sampling"
 
@@ -347,58 +391,111 @@ class SamplingBackend(_ModelBackend):
         super().__init__(cfg)
         if cfg.num_samples < 1 or cfg.sample_temperature <= 0 or cfg.sample_top_k < 0:
             raise InputError(None, None, "num_samples", "num_samples >= 1, sample_temperature > 0, sample_top_k >= 0")
-        self.scale = ("nats (LCA reconstruction: H(P) + KL(P||Q) over answer classes)" if cfg.sampling_score == "lca"
-                      else "nats (predictive entropy over answer classes)")
+        self.scale = (f"nats (LCA reconstruction, variant {cfg.lca_variant}, over answer classes)"
+                      if cfg.sampling_score == "lca" else "nats (predictive entropy over answer classes)")
 
     def settings(self) -> dict:
         c = self.cfg
         return {"template": c.template, "max_length": c.max_length, "num_samples": c.num_samples,
                 "temperature": c.sample_temperature, "top_k": c.sample_top_k, "max_new_tokens": c.max_new_tokens,
-                "score": c.sampling_score, "label_source": c.label_source, "seed": c.seed, "dtype": c.dtype,
-                "lca": "reconstruction-v1 (ual-method.md section 7)", "classes": "flexible-number|normalised-exact"}
+                "score": c.sampling_score, "lca_variant": c.lca_variant, "label_source": c.label_source,
+                "seed": c.seed, "dtype": c.dtype, "lca": "reconstruction-v2 (docs/elicitation.md)",
+                "classes": "flexible-number|normalised-exact"}
 
     def check(self, records: Sequence[Record]) -> None:
         if self.cfg.label_source == "reference":
             self._check_responses(records)
 
-    def run(self, records: Sequence[Record], progress: bool) -> Iterator[dict]:
+    def sample(self, batch: Sequence[Record]) -> list[list[dict]]:
+        """K sampled replies per record (:func:`generate` rows), seeded by the batch's first id so that a resumed
+        run draws the same samples for the same batch."""
         import torch
 
         lm, tok = self._load()
         c = self.cfg
-        with _progress(len(records), progress, "elicit sampling") as bar:
+        torch.manual_seed(c.seed + sum(map(ord, batch[0].id)))
+        prompts = [self._generation_prompt(r)[0] for r in batch]
+        samples = generate(lm, prompts, pad_id=tok.pad_token_id, eos_ids=self._eos_ids(),
+                           max_new_tokens=c.max_new_tokens, do_sample=True, num_return_sequences=c.num_samples,
+                           temperature=c.sample_temperature, top_k=c.sample_top_k)
+        return [samples[k * c.num_samples: (k + 1) * c.num_samples] for k in range(len(batch))]
+
+    def greedy_labels(self, batch: Sequence[Record]) -> list[dict]:
+        """The greedy reply per record: :func:`generate` rows plus ``text``."""
+        lm, tok = self._load()
+        prompts = [self._generation_prompt(r)[0] for r in batch]
+        return [dict(g, text=tok.decode(g["ids"], skip_special_tokens=True)) for g in
+                generate(lm, prompts, pad_id=tok.pad_token_id, eos_ids=self._eos_ids(),
+                         max_new_tokens=self.cfg.max_new_tokens, do_sample=False)]
+
+    def reference_labels(self, batch: Sequence[Record]) -> list[dict]:
+        """The reference response per record: ``{"text", "nll", "len", "token_nll", "token_entropy"}``."""
+        lm, tok = self._load()
+        enc = [self._prompt_and_response(r) for r in batch]
+        stats = response_token_stats(lm, [(p, resp) for p, resp, _ in enc], tok.pad_token_id)
+        return [{"nll": sum(s[0]), "len": len(s[0]), "text": r.response, "token_nll": s[0], "token_entropy": s[1],
+                 "truncated": e[2]} for s, r, e in zip(stats, batch, enc)]
+
+    def run(self, records: Sequence[Record], progress: bool) -> Iterator[dict]:
+        c = self.cfg
+        with _progress(len(records), progress, f"elicit {self.name}") as bar:
             for batch in _batches(records, c.batch_size):
-                # Seeded by the batch's first id so a resumed run draws the same samples for the same batch.
-                torch.manual_seed(c.seed + sum(map(ord, batch[0].id)))
-                prompts = [self._generation_prompt(r)[0] for r in batch]
-                samples = generate(lm, prompts, pad_id=tok.pad_token_id, eos_ids=self._eos_ids(),
-                                   max_new_tokens=c.max_new_tokens, do_sample=True, num_return_sequences=c.num_samples,
-                                   temperature=c.sample_temperature, top_k=c.sample_top_k)
-                if c.label_source == "greedy":
-                    labels = [dict(g, text=tok.decode(g["ids"], skip_special_tokens=True)) for g in
-                              generate(lm, prompts, pad_id=tok.pad_token_id, eos_ids=self._eos_ids(),
-                                       max_new_tokens=c.max_new_tokens, do_sample=False)]
-                else:
-                    enc = [self._prompt_and_response(r) for r in batch]
-                    stats = response_token_stats(lm, [(p, resp) for p, resp, _ in enc], tok.pad_token_id)
-                    labels = [{"nll": sum(s[0]), "len": len(s[0]), "text": r.response} for s, r in zip(stats, batch)]
+                samples = self.sample(batch)
+                labels = self.greedy_labels(batch) if c.label_source == "greedy" else self.reference_labels(batch)
                 for k, r in enumerate(batch):
-                    yield self._row(r, samples[k * c.num_samples: (k + 1) * c.num_samples], labels[k], tok)
+                    yield self._row(r, samples[k], labels[k])
                     bar.update(1)
 
-    def _row(self, r: Record, samples: list[dict], label: dict, tok) -> dict:
-        is_math = r.category == "math" or r.answer is not None
+    def _row(self, r: Record, samples: list[dict], label: dict) -> dict:
+        _, tok = self._load()
         texts = [tok.decode(s["ids"], skip_special_tokens=True) for s in samples]
-        classes = assign_classes([answer_class(t, math_answer=is_math) for t in texts])
-        label_class = answer_class(label["text"], math_answer=is_math) or "invalid:label"
-        lca = lca_reconstruction(classes, [s["nll"] for s in samples], [s["len"] for s in samples],
-                                 label_class, label["nll"], label["len"])
-        pe = predictive_entropy(classes)
-        row = {"id": r.id, "status": OK, "error": None, "predictive_entropy": pe, "lca": lca["lca"],
-               "lca_entropy": lca["lca_entropy"], "lca_kl": lca["lca_kl"],
-               "label_confidence": lca["label_confidence"], "label_class": label_class,
-               "method": "LCA reconstruction (ual-method.md section 7), not the published formula",
+        m = lca_row(r, texts, samples, label, self.cfg.lca_variant)
+        classes = m.pop("classes")
+        row = {"id": r.id, "status": OK, "error": None, **m, "method": LCA_METHOD,
                "samples": [{"text": t, "class": cl, "nll": s["nll"], "len": s["len"], "finished": s["finished"]}
                            for t, cl, s in zip(texts, classes, samples)]}
-        row["score"] = lca["lca"] if self.cfg.sampling_score == "lca" else pe
+        row["score"] = m["lca"] if self.cfg.sampling_score == "lca" else m["predictive_entropy"]
+        return row
+
+
+class SarBackend(SamplingBackend):
+    """SAR (Duan et al., ACL 2024; :mod:`ual.elicit.sar`) over K sampled replies, plus everything ``sampling``
+    records. The similarity model (``sar_similarity``) is loaded once and named in every row."""
+
+    name = "sar"
+
+    def __init__(self, cfg: ElicitConfig):
+        super().__init__(cfg)
+        if cfg.sar_temperature <= 0:
+            raise InputError(None, None, "sar_temperature", "must be > 0")
+        self.scale = (f"nats ({cfg.sar_score.replace('_', '-')}, Duan et al. 2024; similarity {cfg.sar_similarity}"
+                      + ("" if cfg.sar_score == "token_sar" else "; plus score_offset = -log(1 + (K - 1) / t), so "
+                         "that the score is >= 0") + ")")
+        self._sim = None
+
+    def settings(self) -> dict:
+        return {**super().settings(), "score": self.cfg.sar_score, "sar_temperature": self.cfg.sar_temperature,
+                "sar_similarity": self.cfg.sar_similarity}
+
+    def similarity(self):
+        from ual.elicit.sar import Similarity
+
+        if self._sim is None:
+            self._sim = Similarity(self.cfg.sar_similarity)
+        return self._sim
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.similarity()
+
+    def _row(self, r: Record, samples: list[dict], label: dict) -> dict:
+        from ual.elicit.sar import sentence_sar_floor
+
+        row = super()._row(r, samples, label)
+        _, tok = self._load()
+        sar = sar_row(self.similarity(), tok, r.prompt, samples, self.cfg.sar_temperature)
+        row.update(sar)
+        # sentence-SAR and SAR can be negative (support / t > 1); shift by their floor so the score is >= 0
+        offset = 0.0 if self.cfg.sar_score == "token_sar" else -sentence_sar_floor(len(samples), self.cfg.sar_temperature)
+        row.update(score=sar[self.cfg.sar_score] + offset, score_offset=offset)
         return row
