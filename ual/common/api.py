@@ -1,27 +1,26 @@
-"""A small client for OpenAI-compatible chat-completions endpoints, standard library only.
+"""The chat client of the elicitation stage (backend ``openai``) and the evaluation judge, on the ``openai`` SDK.
 
-Used by the elicitation stage (``ual.elicit``, backend ``openai``) and by the evaluation judge. Design:
+The SDK does the transport: the request, authentication, timeouts, typed errors. Our layer keeps the guarantees
+the stages rely on:
 
 - The API key comes only from the environment variable named by ``api_key_env``; it is kept in a private
   attribute, sent only in the ``Authorization`` header, and scrubbed from every error text and reply we keep.
 - :meth:`ChatClient.chat` never raises for HTTP, network, timeout or reply-format failures: it returns a
   :class:`ChatResult` whose ``error`` says what went wrong. Transient failures (429, 5xx, timeouts, refused or
   dropped connections, truncated or non-JSON bodies) are retried with exponential backoff and jitter, honouring
-  ``Retry-After`` / ``retry-after-ms``; other 4xx replies are final at once.
+  ``Retry-After`` / ``retry-after-ms``; other 4xx replies are final at once. The retry loop is ours (the SDK's is
+  switched off) because the SDK ignores a ``Retry-After`` above 60 s, retries a non-JSON 200 reply not at all,
+  and its waits cannot be capped by ``backoff_max`` or recorded in tests.
 - :func:`run_concurrent` runs calls in threads and yields each result as soon as it finishes, so the caller can
   append it to a results file before the next one arrives (a kill then loses only calls still in flight).
 """
 from __future__ import annotations
 
 import email.utils
-import http.client
 import json
 import os
 import random
-import socket
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
@@ -101,8 +100,8 @@ def parse_retry_after(headers) -> float | None:
 class ChatClient:
     """Chat-completions client for one endpoint and model.
 
-    ``base_url``: e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1`` (``/chat/completions`` is
-    appended). ``api_key_env``: name of the environment variable holding the key; it must be set and non-empty,
+    ``base_url``: e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1`` (the SDK appends
+    ``/chat/completions``). ``api_key_env``: name of the environment variable holding the key; it must be set and non-empty,
     unless ``api_key_env`` is ``""`` or None (servers without authentication: no header is sent).
     ``timeout``: seconds per request (connect and each read). ``max_retries``: extra attempts after the first.
     Backoff before retry n (1-based) is ``min(backoff_max, backoff_base * 2**(n-1))`` times a jitter factor in
@@ -118,7 +117,6 @@ class ChatClient:
         if timeout <= 0 or max_retries < 0 or backoff_base < 0 or backoff_max < 0:
             raise InputError(None, None, "timeout", "timeout must be > 0; max_retries and backoff must be >= 0")
         self.base_url = base_url.rstrip("/")
-        self.url = self.base_url + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env or None
         self.timeout = float(timeout)
@@ -134,6 +132,7 @@ class ChatClient:
                                  "a server without authentication)")
             self._key = key.strip()
         self._sleep: Callable[[float], None] = time.sleep  # tests replace it to record waits
+        self._client = None  # the openai.OpenAI instance, made on the first call
 
     def __repr__(self) -> str:  # never shows the key
         return f"ChatClient(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
@@ -150,12 +149,11 @@ class ChatClient:
             body["logprobs"] = True
             if top_logprobs is not None:
                 body["top_logprobs"] = int(top_logprobs)
-        data = json.dumps(body).encode("utf-8")
         result = ChatResult()
         for attempt in range(1, self.max_retries + 2):
             result.attempts = attempt
             try:
-                reply = self._post(data)
+                reply = self._post(body)
                 return self._result_from(reply, attempt)
             except _Final as e:
                 result.error = self._scrub(str(e))
@@ -181,32 +179,35 @@ class ChatClient:
             text = text.replace(self._key, REDACTED)
         return text
 
-    def _post(self, data: bytes) -> dict:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+    def _openai(self):
+        import openai
+
+        if self._client is None:
+            self._client = openai.OpenAI(base_url=self.base_url, api_key=self._key or "unused", timeout=self.timeout,
+                                         max_retries=0)
+        return self._client
+
+    def _post(self, body: dict) -> dict:
+        import openai
+
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                payload = resp.read()
-        except urllib.error.HTTPError as e:
-            try:
-                detail = e.read().decode("utf-8", "replace")[:_ERROR_BODY_CHARS]
-            except (OSError, http.client.HTTPException):
-                detail = ""
-            reason = f"http {e.code}: {detail}".strip()
-            if e.code == 429 or 500 <= e.code < 600:
-                raise _Retryable(reason, parse_retry_after(e.headers)) from None
+            # a server without authentication gets no Authorization header at all
+            extra = {} if self._key else {"extra_headers": {"Authorization": openai.Omit()}}
+            raw = self._openai().chat.completions.with_raw_response.create(**body, **extra)
+            payload = raw.http_response.content
+        except openai.APIStatusError as e:
+            detail = (e.response.text if e.response is not None else str(e))[:_ERROR_BODY_CHARS]
+            reason = f"http {e.status_code}: {detail}".strip()
+            if e.status_code == 429 or 500 <= e.status_code < 600:
+                raise _Retryable(reason, parse_retry_after(e.response.headers if e.response is not None else None)) \
+                    from None
             raise _Final(reason) from None
-        except (socket.timeout, TimeoutError):
+        except openai.APITimeoutError:
             raise _Retryable(f"timeout after {self.timeout:g}s") from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, (socket.timeout, TimeoutError)):
-                raise _Retryable(f"timeout after {self.timeout:g}s") from None
-            raise _Retryable(f"connection error: {e.reason}") from None
-        except (http.client.HTTPException, ConnectionError, OSError) as e:
-            # RemoteDisconnected, IncompleteRead (truncated body), resets: all transient from our side.
-            raise _Retryable(f"connection error: {type(e).__name__}: {e}") from None
+        except openai.APIConnectionError as e:
+            # refused, reset or dropped connections and truncated bodies: all transient from our side
+            cause = e.__cause__ or e
+            raise _Retryable(f"connection error: {type(cause).__name__}: {cause}") from None
         try:
             reply = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
