@@ -63,7 +63,7 @@ books = {
   K("table = ual.train.run(cfg, run_dir)\ntable"),
   M("Loss curves. The smoothed loss includes the smoothing term, so its level differs by method; compare shapes, not levels."),
   K("from ual.figures.plots import eps_distribution, loss_curves\n\nloss_curves(run_dir);"),
-  K("eps_distribution(run_dir);")],
+  K("from ual.figures.plots import eps_panels\n\nif eps_panels(run_dir):  # none when no variant smooths (sft, dft, eaft, AVA)\n    eps_distribution(run_dir);")],
  "03_evaluate.ipynb": [
   M("# 03 · Evaluation\n\nEvaluates the base model and every trained variant. Generations and per-item scores are saved first under `evaluate/<variant>/`; every metric is then computed from those files (`ual.evaluate.metrics`), so scoring can be rerun without a model. Tasks run as the run's data provides them: the controlled benchmark (accuracy on low-entropy items; validity, KL to the true distribution and coverage on high-entropy items; calibration), held-out math under every answer protocol, judged win rates against AlpacaEval references, and the paper's token-clustering analysis."),
   params("evaluate"),

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "controlled-data": ("ual.data.cli", "generate the controlled mixed-entropy benchmark from a seed"),
     "controlled-metrics": ("ual.evaluate.metrics.controlled", "controlled-benchmark metrics from a saved scores.jsonl and spec.json"),
     "stats": ("ual.figures.cli", "paired-bootstrap confidence intervals per method and UAL - SFT / UAL - LS differences"),
+    "rm-eval": ("ual.evaluate.reward", "reward-model accuracy on preference pairs: pairwise, balanced, AUROC, margins"),
 }
 
 

@@ -32,10 +32,11 @@ Objectives (maximised; the functions return their negation as a loss):
 - **AVA-p** (preference pairs): ``beta sum_t Q(chosen) - beta sum_t Q(rejected) - kl_weight sum_t KL
   + lambda sum_t log q_phi(delta) + cer_weight * CER``, ``CER = sigma(E_q[R | chosen] - E_q[R | rejected])`` on
   the last response token (:func:`ava_p_objective`). Readings: the KL and TD terms run over the chosen response
-  only (the demonstration the preference endorses); the preference term is used as written ("linear"; bounded only
-  for the paper's Q form, so it is refused with ``log_prob``), or through a Bradley-Terry link
-  ``log sigma(beta sum Q(chosen) - beta sum Q(rejected))`` ("logsigmoid"); CER as written ("sigmoid") or as
-  ``log sigma`` ("logsigmoid").
+  only (the demonstration the preference endorses), summed as written or averaged per token as AVRIL averages
+  per transition (``reduction``; summed, they outweigh the one CER term per pair by the response length); the
+  preference term is used as written ("linear"; bounded only for the paper's Q form, so it is refused with
+  ``log_prob``), or through a Bradley-Terry link ``log sigma(beta sum Q(chosen) - beta sum Q(rejected))``
+  ("logsigmoid"); CER as written ("sigmoid") or as ``log sigma`` ("logsigmoid").
 - **Bradley-Terry** reward model (the baseline): ``-log sigma(r(chosen) - r(rejected))``, r the reward head's mean
   on the last response token (:func:`bradley_terry_loss`; TRL's ``RewardTrainer`` loss without margin).
 
@@ -68,6 +69,7 @@ QForm = Literal["log_softmax_alpha_softmax", "log_prob"]
 Q_FORMS = ("log_softmax_alpha_softmax", "log_prob")
 PREF_LINKS = ("linear", "logsigmoid")
 CER_LINKS = ("sigmoid", "logsigmoid")
+PAIR_REDUCTIONS = ("token_mean", "sum")
 IGNORE_INDEX = -100
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -291,18 +293,23 @@ def _split_pairs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def ava_p_objective(terms: TokenTerms, *, beta: float = 1.0, lam: float = 1.0, kl_weight: float = 1.0,
                     cer_weight: float = 1.0, pref_link: str = "linear", cer_link: str = "sigmoid",
-                    num_items_in_batch: int | torch.Tensor | None = None, q_form: str = "log_softmax_alpha_softmax",
-                    ) -> tuple[torch.Tensor, dict]:
+                    reduction: str = "token_mean", num_items_in_batch: int | torch.Tensor | None = None,
+                    q_form: str = "log_softmax_alpha_softmax") -> tuple[torch.Tensor, dict]:
     """AVA-p loss on a pair batch: rows ``[chosen_1..chosen_P, rejected_1..rejected_P]`` of ``terms`` (2P rows).
 
-    Per pair (maximised): ``pref + cer_weight * CER - kl_weight * sum_t KL_t(chosen)
-    + lam * sum_t log N(delta_t; mu_t, sigma_t^2)(chosen)`` with ``pref = beta (sum Q(chosen) - sum Q(rejected))``
+    Per pair (maximised): ``pref + cer_weight * CER - kl_weight * R_t[KL_t](chosen)
+    + lam * R_t[log N(delta_t; mu_t, sigma_t^2)](chosen)`` with ``pref = beta (sum Q(chosen) - sum Q(rejected))``
     ("linear") or its ``log sigma`` ("logsigmoid"), ``CER = sigma(mu_last(chosen) - mu_last(rejected))``
-    ("sigmoid") or its log. Returns (scalar loss: minus the sum over pairs divided by P or ``num_items_in_batch``;
-    detached per-pair means of ``pref``, ``cer``, ``kl``, ``td_loglik`` and the reward accuracy ``acc``).
-    ``q_form`` only serves the check that the linear link is bounded (:func:`check_pair_settings`).
+    ("sigmoid") or its log, and ``R_t`` the ``reduction`` over the chosen response's tokens: ``sum`` (as the
+    objective is written) or ``token_mean`` (AVRIL's per-transition means; keeps the KL and TD terms on the scale of
+    the one-per-pair CER instead of growing with the response length). Returns (scalar loss: minus the sum over
+    pairs divided by P or ``num_items_in_batch``; detached per-pair means of ``pref``, ``cer``, ``kl``,
+    ``td_loglik`` and the reward accuracy ``acc``). ``q_form`` only serves the check that the linear link is bounded
+    (:func:`check_pair_settings`).
     """
     check_pair_settings(q_form, pref_link, cer_link)
+    if reduction not in PAIR_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {PAIR_REDUCTIONS}, got {reduction!r}")
     q_c, q_r = _split_pairs(terms.q_taken.sum(dim=1))
     diff = beta * (q_c - q_r)
     pref = diff if pref_link == "linear" else F.logsigmoid(diff)
@@ -310,6 +317,11 @@ def ava_p_objective(terms: TokenTerms, *, beta: float = 1.0, lam: float = 1.0, k
     cer = torch.sigmoid(r_c - r_r) if cer_link == "sigmoid" else F.logsigmoid(r_c - r_r)
     kl_c, _ = _split_pairs(terms.kl.sum(dim=1))
     td_c, _ = _split_pairs(terms.td_loglik.sum(dim=1))
+    if reduction == "token_mean":
+        n_c, _ = _split_pairs(terms.valid.sum(dim=1))
+        n_td, _ = _split_pairs(terms.td_valid.sum(dim=1))
+        kl_c = kl_c / n_c.clamp(min=1)
+        td_c = td_c / n_td.clamp(min=1)
     per_pair = pref + cer_weight * cer - kl_weight * kl_c + lam * td_c
     P = per_pair.shape[0]
     loss = -per_pair.sum() / _denominator(P, num_items_in_batch, per_pair)

@@ -160,7 +160,8 @@ def test_q_form_paper_is_bounded_and_log_prob_is_log_softmax():
         A.q_values(z, q_form="logits")
 
 
-def _dense_ava_p(logits, labels, mu, ls, beta, gamma, lam, kl_weight, cer_weight, pref_link, cer_link, q_form, alpha):
+def _dense_ava_p(logits, labels, mu, ls, beta, gamma, lam, kl_weight, cer_weight, pref_link, cer_link, q_form, alpha,
+                 reduction):
     rows = _dense_terms(logits, labels, mu, ls, beta, gamma, q_form, alpha)
     P = len(rows) // 2
     total = 0.0
@@ -172,21 +173,26 @@ def _dense_ava_p(logits, labels, mu, ls, beta, gamma, lam, kl_weight, cer_weight
         cer = s if cer_link == "sigmoid" else torch.log(s)
         kl = sum(t["kl"] for t in tc)
         td = sum(t["td_ll"] for t in tc if t["td_ll"] is not None)
+        if reduction == "token_mean":
+            kl = kl / len(tc)
+            td = td / max(1, sum(t["td_ll"] is not None for t in tc))
         total = total + pref + cer_weight * cer - kl_weight * kl + lam * td
     return -total / P
 
 
-@pytest.mark.parametrize("pref_link,cer_link,q_form", [("linear", "sigmoid", "log_softmax_alpha_softmax"),
-                                                       ("logsigmoid", "logsigmoid", "log_prob"),
-                                                       ("logsigmoid", "sigmoid", "log_softmax_alpha_softmax")])
-def test_ava_p_matches_dense_loop(pref_link, cer_link, q_form):
+@pytest.mark.parametrize("pref_link,cer_link,q_form,reduction", [
+    ("linear", "sigmoid", "log_softmax_alpha_softmax", "token_mean"), ("linear", "sigmoid", "log_softmax_alpha_softmax", "sum"),
+    ("logsigmoid", "logsigmoid", "log_prob", "token_mean"), ("logsigmoid", "sigmoid", "log_softmax_alpha_softmax", "sum")])
+def test_ava_p_matches_dense_loop(pref_link, cer_link, q_form, reduction):
     logits, labels, mu, ls = _batch(B=4, seed=11, prompt=(2, 1, 2, 3), pad=(0, 2, 1, 0))
-    kw = dict(beta=1.7, gamma=0.95, lam=0.6, kl_weight=0.8, cer_weight=2.0, pref_link=pref_link, cer_link=cer_link)
+    kw = dict(beta=1.7, gamma=0.95, lam=0.6, kl_weight=0.8, cer_weight=2.0, pref_link=pref_link, cer_link=cer_link,
+              reduction=reduction)
 
     def fast():
         t = A.token_terms(logits, labels, mu, ls, beta=kw["beta"], gamma=kw["gamma"], q_form=q_form, alpha=4.0)
         return A.ava_p_objective(t, beta=kw["beta"], lam=kw["lam"], kl_weight=kw["kl_weight"],
-                                 cer_weight=kw["cer_weight"], pref_link=pref_link, cer_link=cer_link, q_form=q_form)[0]
+                                 cer_weight=kw["cer_weight"], pref_link=pref_link, cer_link=cer_link, q_form=q_form,
+                                 reduction=reduction)[0]
 
     def dense():
         return _dense_ava_p(logits, labels, mu, ls, q_form=q_form, alpha=4.0, **kw)

@@ -13,7 +13,11 @@ from typing import Literal
 from ual.common.config import setting
 from ual.common.errors import InputError
 
-METHODS = ("sft", "ls", "ual", "oracle", "shuffled", "dft", "eaft")
+METHODS = ("sft", "ls", "ual", "oracle", "shuffled", "dft", "eaft", "ava_d", "ava_p", "bt_rm")
+# AVA (arXiv 2411.09341; ual.train.ava) and its Bradley-Terry reward-model baseline: a reward head beside the adapter,
+# no smoothing (one variant per seed). The pair methods train on preference pairs (the pairs setting).
+AVA_METHODS = ("ava_d", "ava_p", "bt_rm")
+PAIR_METHODS = ("ava_p", "bt_rm")
 # Methods whose loss is the token-weighted cross-entropy of ual.loss (no smoothing, eps 0): they train one variant
 # per seed, like sft, whatever mean_eps says.
 TOKEN_WEIGHTED_METHODS = ("dft", "eaft")
@@ -23,7 +27,8 @@ METHOD_HELP = ("sft (eps 0), ls (every sample mean_eps), ual (eps per sample fro
                "(controlled benchmark only: eps 0 on low-entropy items, the rest on high-entropy ones, same mean), "
                "shuffled (ual's eps values randomly reassigned to samples, seeded), dft (NLL scaled by the target's "
                "detached probability, Wu et al. 2025) or eaft (NLL scaled by the normalised top-20 entropy, "
-               "LLaMA-Factory's use_eaft_loss)")
+               "LLaMA-Factory's use_eaft_loss), ava_d (AVA on demonstrations), ava_p (AVA on preference pairs) or "
+               "bt_rm (Bradley-Terry reward model)")
 REPORT_TO = ("none", "tensorboard", "wandb")
 
 
@@ -76,6 +81,32 @@ class TrainSettings:
         True, "compute the loss from the final hidden states without materialising the logits where the model "
         "allows it (ual.loss); the manifest records which path ran.")
     allow_pickle: bool = setting(False, "allow non-safetensors weights (runs arbitrary code from the file).")
+    # AVA (ual.ava_loss, ual.train.ava). AVRIL's public code uses beta = gamma = lambda = 1 and the closed-form KL with
+    # weight 1; AVA's appendix values are not available offline, so the rest are our documented choices.
+    pairs: list[str] = setting(
+        [], "ava_p / bt_rm: preference pair files or hub ids (prompt/chosen/rejected, Anthropic-HH, UltraFeedback, "
+        "AlpacaEval annotations; ual.data.preferences); empty derives pairs from the controlled-benchmark training "
+        "records (a valid answer over an invalid one).")
+    pairs_split: Literal["all", "train", "heldout"] = setting(
+        "all", "part of the pairs to train on: all, or the train / heldout side of the prompt-hash split (ours).")
+    heldout_fraction: float = setting(0.25, "share of prompts in the heldout side of that split, in (0, 1) (ours).")
+    ava_beta: float = setting(1.0, "Boltzmann rationality beta of softmax(beta Q), > 0 (AVRIL code: 1).")
+    ava_gamma: float = setting(1.0, "discount gamma of the TD residual Q(s,a) - gamma Q(s',a'), in [0, 1] (AVRIL: 1).")
+    ava_lambda: float = setting(1.0, "weight lambda of the TD log-likelihood term, >= 0 (AVRIL code: 1).")
+    ava_kl_weight: float = setting(1.0, "weight of KL(q(R) || N(0, 1)), >= 0 (AVRIL code: 1, closed form).")
+    ava_q_form: Literal["log_softmax_alpha_softmax", "log_prob"] = setting(
+        "log_softmax_alpha_softmax", "Q from the LM's logits: the paper's log_softmax(alpha softmax(logits)) or "
+        "log_prob (log_softmax(logits)); the manifest records which.")
+    ava_alpha: float = setting(1.0, "alpha of the paper's Q form, > 0 (appendix value unknown; ours: 1).")
+    ava_pref_link: Literal["linear", "logsigmoid"] = setting(
+        "linear", "ava_p preference term: linear (as written, beta sum Q(chosen) - beta sum Q(rejected)) or "
+        "logsigmoid (its log sigmoid).")
+    ava_cer_weight: float = setting(1.0, "ava_p weight of the contrastive expected-return term, >= 0 (ours: 1).")
+    ava_cer_link: Literal["sigmoid", "logsigmoid"] = setting(
+        "sigmoid", "ava_p CER term: sigmoid (as written, sigma(E[R|chosen] - E[R|rejected])) or logsigmoid.")
+    ava_pair_reduction: Literal["token_mean", "sum"] = setting(
+        "token_mean", "ava_p KL and TD terms over the chosen response: token_mean (AVRIL's per-transition means) or "
+        "sum (as written; grows with response length against the one CER term per pair).")
 
     def _check_shared(self) -> None:
         if not 0 < self.eps_cap < 1:
@@ -89,6 +120,17 @@ class TrainSettings:
             raise InputError(None, None, "score_range", f"must be [lo, hi] with lo < hi, got {self.score_range}")
         if self.eps_range is not None and len(self.eps_range) != 2:
             raise InputError(None, None, "eps_range", f"must be [lo, hi], got {self.eps_range}")
+        self._check_ava()
+
+    def _check_ava(self) -> None:
+        for name, ok, want in (("ava_beta", self.ava_beta > 0, "> 0"), ("ava_alpha", self.ava_alpha > 0, "> 0"),
+                               ("ava_gamma", 0 <= self.ava_gamma <= 1, "in [0, 1]"),
+                               ("ava_lambda", self.ava_lambda >= 0, ">= 0"),
+                               ("ava_kl_weight", self.ava_kl_weight >= 0, ">= 0"),
+                               ("ava_cer_weight", self.ava_cer_weight >= 0, ">= 0"),
+                               ("heldout_fraction", 0 < self.heldout_fraction < 1, "in (0, 1)")):
+            if not (ok and math.isfinite(getattr(self, name))):
+                raise InputError(None, None, name, f"must be {want}, got {getattr(self, name)}")
 
 
 @dataclass
@@ -98,7 +140,8 @@ class TrainConfig(TrainSettings):
     data: str = setting("", "canonical records JSONL (ual.data) to train on. Required.")
     scores: str | None = setting(None, "uncertainty scores JSONL (ual.elicit output); methods ual and shuffled only.")
     output_dir: str = setting("runs/dev/train/ual", "folder for the adapter, log, checkpoints and manifest.")
-    method: Literal["sft", "ls", "ual", "oracle", "shuffled", "dft", "eaft"] = setting("ual", METHOD_HELP + ".")
+    method: Literal["sft", "ls", "ual", "oracle", "shuffled", "dft", "eaft", "ava_d", "ava_p", "bt_rm"] = setting(
+        "ual", METHOD_HELP + ".")
     mean_eps: float = setting(0.1, "target mean smoothing, in [0, 1) (paper grid 0.1-0.5); LS uses the same value.")
     seed: int = setting(1337, "seed of the model init, data order and dropout (authors: 1337).")
 

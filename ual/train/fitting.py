@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ual.common.config import config_to_dict
 from ual.common.errors import InputError
-from ual.train.config import TrainConfig
+from ual.train.config import AVA_METHODS, TrainConfig
 from ual.train.examples import sample_eps, tokenize_records
 
 # Authors' run: the warm-up bug ramps the lr linearly over the whole run and ends near this value (ual-method.md §5).
@@ -118,8 +118,15 @@ def _lora_model(cfg: TrainConfig):
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
+    head = []
+    if cfg.method in AVA_METHODS:  # the Gaussian reward head, trained in full beside the adapter (ual.train.ava)
+        from ual.train.ava import REWARD_HEAD, attach_reward_head
+
+        attach_reward_head(model)
+        head = [REWARD_HEAD]
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM", bias="none")
+                      target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM", bias="none",
+                      modules_to_save=head or None)
     return get_peft_model(model, lora)
 
 
@@ -207,12 +214,21 @@ def fit(cfg: TrainConfig, *, resume: bool = True, progress: bool = True, callbac
     out = Path(cfg.output_dir)
     check_writable(out)
     records = load_records(cfg.data)
-    eps = sample_eps(cfg, records)  # validates scores before any model work
+    ava = None
+    if cfg.method in AVA_METHODS:  # AVA / Bradley-Terry: pairs or demonstrations, reward head (ual.train.ava)
+        from ual.train.ava import AVAData, AVATrainer
+
+        ava = AVAData(cfg, records, out)  # reads and checks the pairs before any model work
+    eps = ava.eps if ava else sample_eps(cfg, records)  # validates scores before any model work
 
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, padding_side="right")
-    examples = tokenize_records(records, tokenizer, eps, template=cfg.template, mask_prompt=cfg.mask_prompt,
-                                max_length=cfg.max_length)
+    if ava:
+        examples, collator = ava.examples_and_collator(tokenizer)
+    else:
+        examples = tokenize_records(records, tokenizer, eps, template=cfg.template, mask_prompt=cfg.mask_prompt,
+                                    max_length=cfg.max_length)
+        collator = UALCollator(tokenizer.pad_token_id)
     model = _lora_model(cfg)
     fused, fused_reason = _fused_path(cfg, model)
     total_steps, sched, warmup_steps, warmup_ratio = _schedule(cfg, len(examples))
@@ -238,10 +254,10 @@ def fit(cfg: TrainConfig, *, resume: bool = True, progress: bool = True, callbac
                         total_steps=total_steps, warmup_steps=warmup_steps, resumed_from=str(last) if last else None,
                         world_size=int(os.environ.get("WORLD_SIZE", "1")))
 
-    trainer = UALTrainer(model=model, args=args, train_dataset=examples,
-                         data_collator=UALCollator(tokenizer.pad_token_id), smoothing=cfg.smoothing,
-                         fused=fused, loss_type=_loss_type(cfg.method),
-                         callbacks=[_log_callback(log_path), *(callbacks or [])])
+    trainer_cls, method_kwargs = ((AVATrainer, ava.trainer_kwargs()) if ava else
+                                  (UALTrainer, {"smoothing": cfg.smoothing, "loss_type": _loss_type(cfg.method)}))
+    trainer = trainer_cls(model=model, args=args, train_dataset=examples, data_collator=collator, fused=fused,
+                          callbacks=[_log_callback(log_path), *(callbacks or [])], **method_kwargs)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     wall = time.time() - t0

@@ -5,12 +5,13 @@ import dataclasses
 from pathlib import Path
 
 from ual.common.config import config_to_dict
-from ual.train.config import SCORED_METHODS, SHARED_FIELDS, TOKEN_WEIGHTED_METHODS, Config, TrainConfig
+from ual.train.config import AVA_METHODS, SCORED_METHODS, SHARED_FIELDS, TOKEN_WEIGHTED_METHODS, Config, TrainConfig
 
 
 def _without_eps(method: str) -> bool:
-    """Methods that smooth nothing (sft and the token-weighted peers): one variant per seed, named without eps."""
-    return method == "sft" or method in TOKEN_WEIGHTED_METHODS
+    """Methods that smooth nothing (sft, the token-weighted peers, AVA and its Bradley-Terry baseline): one variant
+    per seed, named without eps."""
+    return method == "sft" or method in TOKEN_WEIGHTED_METHODS or method in AVA_METHODS
 
 
 def variant_name(method: str, mean_eps: float, seed: int) -> str:

@@ -98,3 +98,69 @@ def pairwise_metrics(chosen: Sequence[float], rejected: Sequence[float], first: 
                      "max": float(m.max()), "share_positive": float((m > 0).mean())}
     out["bootstrap"] = {"n_boot": n_boot, "seed": seed, "level": level, "unit": "pairs"}
     return out
+
+
+# --------------------------------------------------------------------------------------------------- several models
+
+METRICS = ("pairwise_accuracy", "balanced_accuracy", "auroc")
+
+
+def _metric(name: str, c: np.ndarray, r: np.ndarray, y: np.ndarray) -> float:
+    m = c - r
+    if name == "pairwise_accuracy":
+        return _accuracy(m)
+    s = np.where(y == 1, m, -m)
+    return _balanced(y, s) if name == "balanced_accuracy" else _auroc(y, s)
+
+
+def seed_bootstrap(scores: dict[str, dict[int, dict[str, tuple[float, float, str]]]], *, comparisons=(),
+                   n_boot: int = 1000, seed: int = 1337, level: float = 0.95) -> dict:
+    """Two-level paired bootstrap of reward-model metrics over seeds and pairs.
+
+    ``scores[group][seed][pair_id] = (chosen score, rejected score, first)``: one model per group and seed, scored on
+    the same pairs. Each draw resamples the seeds (one draw shared by every group: a drawn seed brings each group's
+    model of that seed) and the pairs (one draw shared by all), computes the metric per drawn model and averages over
+    the drawn seeds. Returns ``{"groups": [{group, metric, estimate (mean over seeds), lo, hi, per_seed}],
+    "differences": [{a, b, metric, estimate, lo, hi, p_a_better (share of draws with a > b)}], n_boot, level,
+    method}``; groups need the same seeds to be compared.
+    """
+    groups = sorted(scores)
+    ids = sorted(set.intersection(*(set(v) for g in groups for v in scores[g].values())))
+    if not ids:
+        raise ValueError("the models share no scored pairs")
+    seeds = sorted(set.intersection(*(set(scores[g]) for g in groups)))
+    arr = {}
+    for g in groups:
+        for s in seeds:
+            rows = [scores[g][s][i] for i in ids]
+            arr[g, s] = (np.array([x[0] for x in rows]), np.array([x[1] for x in rows]),
+                         np.array([x[2] == "chosen" for x in rows], dtype=int))
+    rng = np.random.default_rng(seed)
+    seed_idx = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
+    pair_idx = rng.integers(0, len(ids), size=(n_boot, len(ids)))
+    out_g, out_d = [], []
+    for metric in METRICS:
+        per = {g: {s: _metric(metric, *arr[g, s]) for s in seeds} for g in groups}
+        draws = {g: np.full(n_boot, np.nan) for g in groups}
+        for b in range(n_boot):
+            i = pair_idx[b]
+            for g in groups:
+                vals = [_metric(metric, *(x[i] for x in arr[g, seeds[k]])) for k in seed_idx[b]]
+                vals = [v for v in vals if np.isfinite(v)]
+                draws[g][b] = np.mean(vals) if vals else np.nan
+        for g in groups:
+            lo_hi = _interval(list(draws[g]), level)
+            out_g.append({"group": g, "metric": metric, "estimate": _nan_to_none(np.mean(list(per[g].values()))),
+                          "lo": lo_hi[0] if lo_hi else None, "hi": lo_hi[1] if lo_hi else None,
+                          "per_seed": {str(s): _nan_to_none(v) for s, v in per[g].items()}})
+        for a, b in comparisons:
+            d = draws[a] - draws[b]
+            lo_hi = _interval(list(d), level)
+            ok = d[np.isfinite(d)]
+            out_d.append({"a": a, "b": b, "metric": metric,
+                          "estimate": _nan_to_none(np.mean(list(per[a].values())) - np.mean(list(per[b].values()))),
+                          "lo": lo_hi[0] if lo_hi else None, "hi": lo_hi[1] if lo_hi else None,
+                          "p_a_better": float((ok > 0).mean()) if ok.size else None})
+    return {"groups": out_g, "differences": out_d, "n_pairs": len(ids), "seeds": seeds, "n_boot": n_boot,
+            "level": level, "method": "two-level paired bootstrap: seeds (shared draw), then pairs (shared draw); "
+            "per draw the mean over drawn seeds of each model's metric"}
