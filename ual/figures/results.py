@@ -98,12 +98,13 @@ def metrics_frame(run_dir: str | Path):
 
 # Methods whose variants carry no eps (the training stage names them <method>_seed<N>); ual.train.config knows the
 # same set, but ual.figures imports no training code.
-NO_EPS_METHODS = ("base", "sft", "dft", "eaft")
-METHOD_ORDER = ("base", "sft", "ls", "ual", "oracle", "shuffled", "dft", "eaft")
+NO_EPS_METHODS = ("base", "sft", "dft", "eaft", "ava_d", "ava_p", "bt_rm")
+METHOD_ORDER = ("base", "sft", "ls", "ual", "oracle", "shuffled", "dft", "eaft", "ava_d", "ava_p", "bt_rm")
 
 
 def method_label(method: str, mean_eps: float | None) -> str:
-    """``"ual eps=0.1"``-style label of a method group (``base``, ``sft``, ``dft`` and ``eaft`` carry no eps)."""
+    """``"ual eps=0.1"``-style label of a method group (``base``, ``sft``, ``dft``, ``eaft`` and the AVA methods carry
+    no eps)."""
     if method in NO_EPS_METHODS or mean_eps is None:
         return method
     return f"{method} eps={mean_eps:g}"
