@@ -65,7 +65,7 @@ def run(tmp_path_factory):
                [{"id": f"q{i}", "output": f"the answer is {i + 1}", "answer": str(i + 1) if c else "999"}
                 for i, c in enumerate(correct)])
         _write(d / "evaluate" / name / "annotations_alpaca_eval.json",
-               [{"instruction": f"i{k}", "preference": 1.5, "preference_reference_first": 1.99,
+               [{"instruction": f"i{k}", "preference": 1.5 + 0.01 * rng.random(), "preference_reference_first": 1.99,
                  "preference_model_first": 1.01} for k in range(6)])
     return d
 
@@ -123,6 +123,9 @@ def test_paired_differences_states_the_sign_flip(run, stats):
     assert "sign flipped" in nll
     acc = next(t for t in titles if t.startswith("math accuracy, flexible"))
     assert "sign flipped" not in acc
+    assert not any(t.startswith("math accuracy, strict") for t in titles)  # every difference 0: no panel
+    wr = next(ax for ax in fig.axes if ax.get_title().startswith("win rate"))
+    assert any("judge failed its check" in t.get_text() for t in wr.texts)
 
 
 def test_eps_sweep_reads_sft_as_eps_zero(run, stats):

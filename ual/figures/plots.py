@@ -317,13 +317,22 @@ def paired_differences(run_dir, out=None, dpi=150, max_panels: int = 16, n_boot:
     """Paired differences per metric, signed so that right of zero means the first method is better (for a
     lower-is-better metric the difference is negated, and the panel says so): two-level bootstrap interval (thick),
     items-only interval with seeds pooled (thin), per-seed differences (dots); * marks a primary test that survives
-    Holm correction."""
+    Holm correction. Metrics whose differences are all exactly 0 get no panel; a win rate whose judge failed its
+    check is labelled as not evidence."""
     stats = _stats(run_dir, stats, n_boot)
     diffs = [r for r in stats["differences"] if not math.isnan(r["estimate"])]
     if not diffs:
         raise FileNotFoundError(f"{run_dir}: no per-item results of two comparable methods")
     holm = {(r["metric"], r["a"], r["b"]): r["reject"] for r in stats.get("primary", [])}
-    labels = list(dict.fromkeys(r["label"] for r in diffs))[:max_panels]
+    checks = results.judge_checks(run_dir)
+
+    def all_zero(label):  # every difference, interval and seed exactly 0 (e.g. an accuracy nobody scores): no panel
+        return all(v == 0 for r in diffs if r["label"] == label
+                   for v in (r["estimate"], r["lo"], r["hi"], *r["per_seed"].values()))
+
+    labels = [lab for lab in dict.fromkeys(r["label"] for r in diffs) if not all_zero(lab)][:max_panels]
+    if not labels:
+        raise FileNotFoundError(f"{run_dir}: every paired difference is exactly 0")
     n_rows = max(len([r for r in diffs if r["label"] == lab]) for lab in labels)
     with _style():
         fig, axes = _grid(len(labels), ncol=3, w=4.6, h=0.9 + 0.32 * n_rows)
@@ -341,6 +350,12 @@ def paired_differences(run_dir, out=None, dpi=150, max_panels: int = 16, n_boot:
                 ax.scatter(seeds, np.full(len(seeds), i + 0.22), color="k", s=5, zorder=3)
                 if holm.get((r["metric"], r["a"], r["b"])):
                     ax.annotate("*", (est, i - 0.35), ha="center", fontsize=9, color="#b00000")
+            parts = rows[0]["metric"].split(".")
+            check = checks.get(parts[1]) if parts[0] == "winrate" else None
+            if check is not None and not check["passed"]:
+                ax.text(0.5, 0.5, f"judge failed its check\n(position agreement {check['position_agreement']:.2f})"
+                        ": not evidence", transform=ax.transAxes, ha="center", va="center", fontsize=6,
+                        color="#b00000", bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "#b00000"})
             ax.axvline(0, color="k", lw=0.8)
             ax.set_yticks(range(len(rows)), [f"{r['a']} − {r['b']}" for r in rows], fontsize=6)
             ax.set_ylim(len(rows) - 0.4, -0.7)
