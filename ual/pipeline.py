@@ -13,6 +13,7 @@ Secrets never become parameters: API keys are read from environment variables by
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ual.common.config import _type_name, _type_ok, build_config, did_you_mean, from_params, load_yaml, parse_override
+from ual.common.config import (_type_name, _type_ok, build_config, did_you_mean, from_params, load_yaml,
+                               parse_override, setting)
 from ual.common.errors import InputError
 from ual.common.paths import data_root, notebooks_dir, profiles_dir, resolve_data_path
 from ual.common.resources import PeakRSS
@@ -43,12 +45,29 @@ NOTEBOOK_DEFAULTS: dict[str, dict] = {"elicit": {"backend": "likelihood", "model
 SECRET_KEY = re.compile(r"(^|_)(api_?key|secret|password|token)$", re.IGNORECASE)
 
 
+# A run id is a name, never a path: one folder under the runs root, of safe characters, starting with a letter or
+# digit (so never "." or ".."), always a string.
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_run_id(run_id: Any, source: str | Path | None = "--run-id") -> str:
+    """``run_id`` if it is a valid name; else an InputError naming ``source``."""
+    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id):
+        raise InputError(source, None, "run_id", f"must be a name of letters, digits, '.', '_' and '-' starting "
+                         f"with a letter or digit (at most 100 characters), got {run_id!r}")
+    return run_id
+
+
 @dataclass
 class RunConfig:
-    """The ``run`` section of a profile. run_id: folder under runs/ (default: the profile name)."""
+    """The ``run`` section of a profile."""
 
-    run_id: str | None = None
-    description: str = ""
+    run_id: str | None = setting(None, "folder under the runs root (a name, not a path); null is the profile name.")
+    description: str = setting("", "one line on what the run is for (kept in the manifest).")
+
+    def __post_init__(self) -> None:
+        if self.run_id is not None:
+            check_run_id(self.run_id, None)
 
 
 def stage_config_classes() -> dict[str, type]:
@@ -95,6 +114,7 @@ class ResolvedProfile:
     path: Path
     run: RunConfig
     stages: dict[str, Any]
+    overrides: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def run_id(self) -> str:
@@ -178,7 +198,7 @@ def resolve_profile(name_or_path: str, overrides: list[str] | None = None) -> Re
                              "variable and name it with api_key_env")
     stages = {s: build_config(classes[s], raw.get(s) or {}, source=path, section=s) for s in STAGES}
     run = build_config(RunConfig, raw.get("run") or {}, source=path, section="run")
-    return ResolvedProfile(path.stem, path, run, stages)
+    return ResolvedProfile(path.stem, path, run, stages, list(overrides or []))
 
 
 def _fingerprint(obj: Any) -> str:
@@ -250,25 +270,106 @@ def dry_run(profile: ResolvedProfile) -> dict:
     return plan
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold the run directory for this process: an OS lock (``fcntl.flock``) on ``run_dir/.lock``, which holds the
+    PID. A second process on the same run id is refused at once; a lock left by a dead process is free (the OS drops
+    it with the process) and is taken over with a message."""
+    import fcntl
+    import os
+
+    path = run_dir / ".lock"
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            raise InputError(run_dir, None, "run_id", f"in use by process {pid} (another 'ual run' on this run id); "
+                             "wait for it to finish, or choose another --run-id") from None
+        f.seek(0)
+        old = f.read().strip()
+        if old and old != str(os.getpid()):
+            print(f"taking over the lock of {run_dir.name}: process {old} is no longer running", flush=True)
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+    finally:
+        f.close()
+
+
+def resume_command(profile: ResolvedProfile, runs_root: str | Path, stage: str) -> str:
+    """The command that resumes this run at ``stage``: same profile, run id, runs root and overrides."""
+    import shlex
+
+    name = profile.name if profile.path.parent.resolve() == PROFILES.resolve() else str(profile.path)
+    parts = ["python", "-m", "ual", "run", "--profile", name, "--run-id", profile.run_id]
+    if str(runs_root) != "runs":
+        parts += ["--runs-root", str(runs_root)]
+    for o in profile.overrides:
+        if not o.startswith("run.run_id="):
+            parts += ["--set", o]
+    return " ".join(shlex.quote(p) for p in parts + ["--from", stage])
+
+
+def _check_upstream(status: dict, fps: dict, stage: str, flag: str, manifest_path: Path) -> None:
+    """``--from``/``--only``: every stage before ``stage`` must be complete with the current inputs."""
+    for up in STAGES[: STAGES.index(stage)]:
+        st = status.get(up, {})
+        if st.get("status") != "complete" or st.get("fingerprint") != fps[up]:
+            why = "not complete" if st.get("status") != "complete" else "complete with other settings"
+            raise InputError(manifest_path, None, f"stages.{up}", f"{flag} {stage} needs stage {up!r} complete with "
+                             f"these settings first ({why}); run without {flag}, or with --from {up}")
+
+
+def _record_failure(manifest_path: Path, status: dict, stage: str, i: int, t0: float, peak, e: BaseException) -> None:
+    """Mark ``stage`` failed (and later stages stale) in the manifest; never raises (a full disk must not hide the
+    stage's own error behind the handler's)."""
+    from ual.common.manifest import now_iso, update_manifest
+
+    status[stage].update(status="failed", finished=now_iso(), seconds=round(time.time() - t0, 1),
+                         peak_rss_gib=peak.peak_gib, error=f"{type(e).__name__}: {str(e)[-2000:]}")
+    for later in STAGES[i + 1:]:
+        if later in status:
+            status[later]["status"] = "stale"
+    try:
+        update_manifest(manifest_path, stages=status)
+    except OSError as err:
+        print(f"warning: could not record the failure in {manifest_path}: {err}", file=sys.stderr, flush=True)
+
+
 def run(profile: ResolvedProfile, *, runs_root: str | Path = "runs", from_stage: str | None = None,
         only: str | None = None, progress: bool = True) -> Path:
     """Execute the profile's notebooks into ``runs_root/<run-id>``; returns the run directory.
 
     Stages that completed with the same fingerprint are skipped unless ``from_stage`` forces a rerun from that
-    stage on; ``only`` runs one stage (its upstream stages must be complete). Raises ``StageFailed``.
+    stage on; ``only`` runs one stage (its upstream stages must be complete). The run directory is locked while
+    this runs. Raises ``StageFailed``.
     """
-    import papermill as pm
-
     from ual.common.io import check_writable
-    from ual.common.io import read_json
-    from ual.common.manifest import environment, now_iso, update_manifest
 
     for name, value in (("--from", from_stage), ("--only", only)):
         if value is not None and value not in STAGES:
             raise InputError(None, None, name, f"unknown stage {value!r}; stages: {', '.join(STAGES)}")
-    run_dir = (Path(runs_root) / profile.run_id).resolve()
+    root = Path(runs_root).resolve()
+    run_dir = (root / check_run_id(profile.run_id, profile.path)).resolve()
+    if run_dir.parent != root:
+        raise InputError(profile.path, None, "run_id", f"{profile.run_id!r} does not name a folder under {root}")
     check_writable(run_dir)
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        return _run_locked(profile, run_dir, runs_root, from_stage, only, progress)
+
+
+def _run_locked(profile: ResolvedProfile, run_dir: Path, runs_root, from_stage, only, progress) -> Path:
+    import papermill as pm
+
+    from ual.common.io import read_json
+    from ual.common.manifest import environment, now_iso, update_manifest
+
     manifest_path = run_dir / "manifest.json"
     manifest = read_json(manifest_path) if manifest_path.exists() else {}
     fps = stage_fingerprints(profile)
@@ -281,9 +382,9 @@ def run(profile: ResolvedProfile, *, runs_root: str | Path = "runs", from_stage:
                     started=manifest.get("started", now_iso()), last_invocation=now_iso())
     todo = [only] if only else list(STAGES[STAGES.index(from_stage):] if from_stage else STAGES)
     if only:
-        for up in STAGES[: STAGES.index(only)]:
-            if status.get(up, {}).get("status") != "complete":
-                raise InputError(manifest_path, None, f"stages.{up}", f"--only {only} needs stage {up!r} complete first")
+        _check_upstream(status, fps, only, "--only", manifest_path)
+    elif from_stage:
+        _check_upstream(status, fps, from_stage, "--from", manifest_path)
     for i, stage in enumerate(STAGES):
         if stage not in todo:
             continue
@@ -312,15 +413,8 @@ def run(profile: ResolvedProfile, *, runs_root: str | Path = "runs", from_stage:
                                     kernel_name=kernel, progress_bar=progress, cwd=str(Path.cwd()),
                                     kernel_manager_class=_ipc_kernel_manager())
         except BaseException as e:
-            status[stage].update(status="failed", finished=now_iso(), seconds=round(time.time() - t0, 1),
-                                 peak_rss_gib=peak.peak_gib,
-                                 error=f"{type(e).__name__}: {str(e)[-2000:]}")
-            # Stages after a failed one are stale.
-            for later in STAGES[i + 1:]:
-                if later in status:
-                    status[later]["status"] = "stale"
-            update_manifest(manifest_path, stages=status)
-            raise StageFailed(stage, out_nb, profile, e) from None
+            _record_failure(manifest_path, status, stage, i, t0, peak, e)
+            raise StageFailed(stage, out_nb, resume_command(profile, runs_root, stage), e) from None
         status[stage].update(status="complete", finished=now_iso(), seconds=round(time.time() - t0, 1),
                              peak_rss_gib=peak.peak_gib)
         for later in STAGES[i + 1:]:
@@ -334,13 +428,12 @@ def run(profile: ResolvedProfile, *, runs_root: str | Path = "runs", from_stage:
 class StageFailed(RuntimeError):
     """A stage notebook raised; its partly executed notebook is kept."""
 
-    def __init__(self, stage: str, notebook: Path, profile: ResolvedProfile, cause: BaseException):
-        self.stage, self.notebook = stage, notebook
+    def __init__(self, stage: str, notebook: Path, resume: str, cause: BaseException):
+        self.stage, self.notebook, self.resume = stage, notebook, resume
         cause_text = str(cause).strip().splitlines()
         tail = "\n".join(cause_text[-12:])
         super().__init__(f"stage {stage!r} failed; its executed notebook with the error is {notebook}\n{tail}\n"
-                         f"fix the cause, then resume with: python -m ual run --profile {profile.path} "
-                         f"--from {stage}")
+                         f"fix the cause, then resume with: {resume}")
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -356,10 +449,9 @@ def configure_run(p) -> None:
 
 
 def run_run(args) -> int:
-    overrides = list(args.set)
-    if args.run_id:
-        overrides.append(f"run.run_id={args.run_id}")
-    profile = resolve_profile(args.profile, overrides)
+    profile = resolve_profile(args.profile, list(args.set))
+    if args.run_id is not None:  # a name, taken as typed (never YAML-parsed: "0012" stays "0012")
+        profile.run.run_id = check_run_id(args.run_id)
     if args.dry_run:
         print(json.dumps(dry_run(profile), indent=2, default=str))
         return 0
