@@ -78,6 +78,27 @@ books = {
   K("paths = ual.figures.run(cfg, run_dir)\npaths"),
   K('from IPython.display import Image, display\n\nfor p in paths:\n    if p.endswith(".png"):\n        display(Image(filename=p))')],
 }
+# Not a stage of the pipeline: run after `python -m ual run --profile ava` (README, "AVA"); its parameters are its own.
+AVA_PARAMS = K('run_dir: str = "runs/ava"  # a run of profiles/ava.yaml (or any run with sft/ava_d policies and reward models)\n'
+               'pairs: list = ["alpaca_eval/annotations/alpaca-7b.weighted_alpaca_eval_gpt4_turbo.json",\n'
+               '               "alpaca_eval/annotations/text_davinci_001.weighted_alpaca_eval_gpt4_turbo.json"]  # scored pairs (data root: UAL_DATA_DIR)\n'
+               'split: str = "heldout"  # all | train | heldout: the prompt-hash side to score (the run trained on train)\n'
+               'heldout_fraction: float = 0.25  # as the run\'s train.heldout_fraction\n'
+               'n_boot: int = 1000  # bootstrap draws for the intervals\n'
+               'batch_size: int = 8  # sequences per forward pass when scoring')
+AVA_PARAMS.metadata["tags"] = ["parameters"]
+books["05_ava.ipynb"] = [
+  M("# 05 · AVA: policies and reward models\n\nAVA (Cai et al., arXiv 2411.09341) casts alignment as approximate variational Bayesian inverse RL on the token MDP: a Gaussian reward head q(R | prefix) beside the language model's own Q (`ual.ava_loss`, `ual.train.ava`). This notebook reads a run of `profiles/ava.yaml` and answers its two questions: does AVA-d, trained on the same demonstrations, beat SFT on the controlled benchmark; and does the AVA-p reward head rank held-out GPT-4-Turbo verdicts better than a Bradley-Terry reward model with the same backbone, LoRA and head?"),
+  AVA_PARAMS,
+  K("from ual.common.paths import run_path\n\nrun_dir = run_path(run_dir)"),
+  M("Policies on the controlled benchmark: every metric of the evaluate stage, AVA-d minus SFT, with two-level paired bootstrap intervals (seeds, then items; `ual.figures.bootstrap`)."),
+  K("import pandas as pd\n\nfrom ual.figures.bootstrap import bootstrap_table\nfrom ual.figures.results import method_label\n\n"
+    "stats = bootstrap_table(run_dir, n_boot=n_boot, comparisons=[(method_label(\"ava_d\", 0.0), \"sft\")])\n"
+    "pd.DataFrame(stats[\"differences\"])[[\"label\", \"a\", \"b\", \"estimate\", \"lo\", \"hi\", \"p_a_better\", \"n_seeds\"]]"),
+  M("Reward models on the held-out verdicts: each complete `ava_p` / `bt_rm` model scores both responses of every pair (the reward head's mean on the last response token); scores go to `evaluate/<variant>/rm_scores.jsonl` (resumable) and the summary to `evaluate/reward_models.json`. Balanced accuracy and AUROC treat \"the response shown first is preferred\" as the label, so a scorer that always prefers the (usually longer, usually winning) GPT-4-Turbo answer gets 50 % balanced accuracy whatever its pairwise accuracy."),
+  K("from IPython.display import Markdown\n\nfrom ual.evaluate.metrics.reward import reward_markdown\nfrom ual.evaluate.reward import evaluate_run\n\n"
+    "summary = evaluate_run(run_dir, pairs, split=split, heldout_fraction=heldout_fraction, n_boot=n_boot, batch_size=batch_size)\n"
+    "Markdown(reward_markdown(summary))")]
 for name, cells in books.items():
     nbformat.write(nb(cells, name), ROOT / "notebooks" / name)
     print("wrote", name)

@@ -58,6 +58,10 @@ def test_evaluate_run_scores_every_reward_model_and_bootstraps(trained, controll
                                                                           "auroc"}
     assert (run_dir / "evaluate" / "bt_rm" / "rm_scores.jsonl").exists()
     assert json.loads((run_dir / "evaluate" / "reward_models.json").read_text())["n_pairs"] == 4
+    from ual.evaluate.metrics.reward import reward_markdown
+
+    table = reward_markdown(summary)
+    assert "ava_p - bt_rm" in table and "length baseline" in table and "log-likelihood" in table
 
 
 def test_three_methods_train_and_save_the_reward_head(trained):

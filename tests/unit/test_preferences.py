@@ -107,6 +107,9 @@ def test_errors_name_file_line_field(tmp_path):
         P.load_pairs(dup)
     with pytest.raises(InputError, match="file not found"):
         P.load_pairs(tmp_path / "missing.jsonl")
+    for not_hub in ("[", "a/b/c", "-x", "x y"):
+        with pytest.raises(InputError, match="not a hub id"):
+            P.load_pairs(not_hub)
 
 
 def test_identical_responses_are_dropped_and_counted(tmp_path):

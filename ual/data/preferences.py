@@ -43,6 +43,7 @@ PAIR_FORMATS = ("auto", "pairs", "implicit", "ultrafeedback", "alpaca_eval")
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _ROLES = ("system", "user", "assistant")
 _SCORE_KEYS = ("overall_score", "score", "fine-grained_score")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
 
 
 @dataclass
@@ -315,9 +316,14 @@ def load_pairs(path_or_hub_id: str | Path, *, fmt: str = "auto", source: str | N
     if p is not None:
         return load_pair_file(p, fmt=fmt, source=source)
     s = str(path_or_hub_id)
-    if s.endswith((".json", ".jsonl")) or s.startswith((".", "/")) or s.count("/") > 1:
-        raise InputError(s, None, None, "file not found")
-    return load_pair_hub(s, split=split, fmt=fmt, source=source, config=config)
+    if s.endswith((".json", ".jsonl")) or not _HUB_ID.fullmatch(s):
+        raise InputError(s, None, None, "file not found (and not a hub id)")
+    try:
+        return load_pair_hub(s, split=split, fmt=fmt, source=source, config=config)
+    except InputError:
+        raise
+    except Exception as e:  # datasets raises many types offline or for a missing repository
+        raise InputError(f"hub:{s}", None, None, f"could not load the dataset ({type(e).__name__}: {e})") from None
 
 
 def load_many(paths: Sequence[str | Path], **kw) -> PairData:

@@ -164,3 +164,37 @@ def seed_bootstrap(scores: dict[str, dict[int, dict[str, tuple[float, float, str
     return {"groups": out_g, "differences": out_d, "n_pairs": len(ids), "seeds": seeds, "n_boot": n_boot,
             "level": level, "method": "two-level paired bootstrap: seeds (shared draw), then pairs (shared draw); "
             "per draw the mean over drawn seeds of each model's metric"}
+
+
+def _cell(est, lo=None, hi=None, scale: float = 1.0, digits: int = 3) -> str:
+    if est is None:
+        return "n/a"
+    text = f"{est * scale:.{digits}g}"
+    if lo is not None and hi is not None:
+        text += f" [{lo * scale:.{digits}g}, {hi * scale:.{digits}g}]"
+    return text
+
+
+def reward_markdown(summary: dict) -> str:
+    """A markdown table of an ``evaluate/reward_models.json`` summary (``ual.evaluate.reward.evaluate_run``): each
+    method (mean over seeds, two-level bootstrap interval), the difference of the first two, the length baseline and
+    the base model's log-likelihood (intervals over pairs). Accuracies in percent."""
+    boot = summary["bootstrap"]
+    head = ["scorer", "pairwise accuracy (%)", "balanced accuracy (%)", "AUROC"]
+    scale = {"pairwise_accuracy": 100, "balanced_accuracy": 100, "auroc": 1}
+    rows = []
+    for g in dict.fromkeys(r["group"] for r in boot["groups"]):
+        by = {r["metric"]: r for r in boot["groups"] if r["group"] == g}
+        n = len(next(iter(by.values()))["per_seed"])
+        rows.append([f"{g} ({n} seeds)"] + [_cell(by[m]["estimate"], by[m]["lo"], by[m]["hi"], scale[m])
+                                           for m in METRICS])
+    for a, b in dict.fromkeys((r["a"], r["b"]) for r in boot["differences"]):
+        by = {r["metric"]: r for r in boot["differences"] if (r["a"], r["b"]) == (a, b)}
+        rows.append([f"{a} - {b}"] + [_cell(by[m]["estimate"], by[m]["lo"], by[m]["hi"], scale[m]) for m in METRICS])
+    for name, key in (("length baseline (longer wins)", "length_baseline"),
+                      ("base model log-likelihood (sum)", "base_logprob")):
+        if key in summary:
+            r = summary[key]
+            rows.append([name] + [_cell(r[m], *(r.get(f"{m}_ci") or (None, None)), scale=scale[m]) for m in METRICS])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
