@@ -111,7 +111,7 @@ def _lora_model(cfg: TrainConfig):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from ual.common.models import resolve
+    from ual.common.models import quiet_peft_warnings, resolve
 
     model = AutoModelForCausalLM.from_pretrained(resolve(cfg.model), dtype=getattr(torch, cfg.dtype),
                                                  trust_remote_code=False, use_safetensors=not cfg.allow_pickle)
@@ -127,7 +127,8 @@ def _lora_model(cfg: TrainConfig):
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM", bias="none",
                       modules_to_save=head or None)
-    return get_peft_model(model, lora)
+    with quiet_peft_warnings():
+        return get_peft_model(model, lora)
 
 
 def _fused_path(cfg: TrainConfig, model) -> tuple[bool, str]:
@@ -213,6 +214,9 @@ def fit(cfg: TrainConfig, *, resume: bool = True, progress: bool = True, callbac
         raise InputError(None, None, "data", "no training data file given")
     out = Path(cfg.output_dir)
     check_writable(out)
+    done = finished_result(cfg) if resume else None
+    if done is not None:  # complete with these settings and inputs: a finished variant is never trained further
+        return done
     records = load_records(cfg.data)
     ava = None
     if cfg.method in AVA_METHODS:  # AVA / Bradley-Terry: pairs or demonstrations, reward head (ual.train.ava)
@@ -229,16 +233,21 @@ def fit(cfg: TrainConfig, *, resume: bool = True, progress: bool = True, callbac
         examples = tokenize_records(records, tokenizer, eps, template=cfg.template, mask_prompt=cfg.mask_prompt,
                                     max_length=cfg.max_length)
         collator = UALCollator(tokenizer.pad_token_id)
-    model = _lora_model(cfg)
-    fused, fused_reason = _fused_path(cfg, model)
     total_steps, sched, warmup_steps, warmup_ratio = _schedule(cfg, len(examples))
-    args = _training_arguments(cfg, out, sched, warmup_steps, warmup_ratio, progress)
-
     # Under accelerate/torchrun every process runs this function; only the main one writes shared files.
     main_process = int(os.environ.get("RANK", "0")) == 0
     log_path = out / "log.jsonl"
     manifest_path = out / "manifest.json"
-    last = _last_checkpoint(out / "checkpoints") if resume else None
+    fingerprint = inputs_fingerprint(cfg)
+    last = _resumable_checkpoint(out, fingerprint, main_process) if resume else None
+    if last is not None and _checkpoint_step(last) >= total_steps:
+        # The run had finished its steps (killed while saving the adapter): finish from that checkpoint, never
+        # train a step more (the Trainer would).
+        return _finish_from_checkpoint(last, out, tokenizer, fingerprint, main_process)
+    model = _lora_model(cfg)
+    fused, fused_reason = _fused_path(cfg, model)
+    args = _training_arguments(cfg, out, sched, warmup_steps, warmup_ratio, progress)
+
     if main_process:
         write_jsonl(out / "eps.jsonl", ({"id": r.id, "source": r.source, "category": r.category, "eps": float(e)}
                                         for r, e in zip(records, eps)))
@@ -247,7 +256,7 @@ def fit(cfg: TrainConfig, *, resume: bool = True, progress: bool = True, callbac
         elif log_path.exists():
             log_path.unlink()  # a fresh run: the old log belongs to a run we are not continuing
         update_manifest(manifest_path, stage="train", status="running", started=now_iso(),
-                        config=config_to_dict(cfg), seed=cfg.seed, n_samples=len(records),
+                        config=config_to_dict(cfg), fingerprint=fingerprint, seed=cfg.seed, n_samples=len(records),
                         data_sha256=_sha256(cfg.data),
                         scores_sha256=_sha256(cfg.scores if cfg.method == "ual" else None),
                         eps=describe(eps), loss_path="fused" if fused else "logits", fused_reason=fused_reason,
@@ -271,3 +280,84 @@ def fit(cfg: TrainConfig, *, resume: bool = True, progress: bool = True, callbac
         update_manifest(manifest_path, status="complete", finished=now_iso(), metrics=metrics,
                         global_step=trainer.state.global_step)
     return TrainResult(out, adapter_dir, log_path, manifest_path, metrics)
+
+
+# --------------------------------------------------------------------------------------------------- reruns
+
+def inputs_fingerprint(cfg: TrainConfig) -> str:
+    """What a trained adapter depends on: the config (but where it is written) and the content of every file it
+    reads (data, scores, preference pairs). A checkpoint or a finished adapter is reused only when this matches."""
+    import json
+
+    from ual.common.paths import resolve_data_path
+
+    conf = config_to_dict(cfg)
+    conf.pop("output_dir", None)
+    files = {"data": _sha256(cfg.data)}
+    if cfg.scores and Path(cfg.scores).is_file():
+        files["scores"] = _sha256(cfg.scores)
+    for k, p in enumerate(getattr(cfg, "pairs", None) or []):
+        local = resolve_data_path(p)
+        files[f"pairs[{k}]"] = _sha256(local) if local is not None and local.is_file() else str(p)
+    return hashlib.sha256(json.dumps([conf, files], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def finished_result(cfg: TrainConfig) -> TrainResult | None:
+    """The result of a finished run of exactly ``cfg`` (same fingerprint, adapter saved), else None."""
+    from ual.common.io import read_json
+
+    out = Path(cfg.output_dir)
+    manifest_path = out / "manifest.json"
+    if not manifest_path.is_file() or not (out / "adapter" / "adapter_config.json").is_file():
+        return None
+    m = read_json(manifest_path)
+    if m.get("status") != "complete" or m.get("fingerprint") != inputs_fingerprint(cfg):
+        return None
+    return TrainResult(out, out / "adapter", out / "log.jsonl", manifest_path, m.get("metrics", {}))
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[-1])
+
+
+def _resumable_checkpoint(out: Path, fingerprint: str, main_process: bool) -> Path | None:
+    """The last complete checkpoint, if it was written with these settings and inputs; checkpoints of other
+    settings are removed (resuming from them would mix two runs)."""
+    import shutil
+
+    from ual.common.io import read_json
+
+    last = _last_checkpoint(out / "checkpoints")
+    if last is None:
+        return None
+    manifest = read_json(out / "manifest.json") if (out / "manifest.json").is_file() else {}
+    if manifest.get("fingerprint") == fingerprint:
+        return last
+    print(f"{out.name}: settings or inputs changed since its checkpoints were written; training from the start",
+          flush=True)
+    if main_process:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(out / "adapter", ignore_errors=True)
+    return None
+
+
+def _finish_from_checkpoint(last: Path, out: Path, tokenizer, fingerprint: str, main_process: bool) -> TrainResult:
+    """Save the adapter of a checkpoint that already holds the final step, and mark the run complete."""
+    import json
+    import shutil
+
+    from ual.common.manifest import now_iso, update_manifest
+
+    adapter_dir = out / "adapter"
+    state = json.loads((last / "trainer_state.json").read_text())
+    metrics = {"train_loss": next((h["loss"] for h in reversed(state.get("log_history", [])) if "loss" in h), None)}
+    if main_process:
+        adapter_dir.mkdir(parents=True, exist_ok=True)
+        trainer_files = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin")
+        for f in last.iterdir():  # the adapter (and any head saved beside it), not the Trainer's own state
+            if f.is_file() and f.name not in trainer_files and not f.name.startswith("rng_state"):
+                shutil.copy2(f, adapter_dir / f.name)
+        tokenizer.save_pretrained(str(adapter_dir))
+        update_manifest(out / "manifest.json", status="complete", finished=now_iso(), fingerprint=fingerprint,
+                        global_step=state.get("global_step"), finished_from_checkpoint=str(last), metrics=metrics)
+    return TrainResult(out, adapter_dir, out / "log.jsonl", out / "manifest.json", metrics)

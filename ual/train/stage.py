@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ual.common.config import config_to_dict
 from ual.train.config import AVA_METHODS, SCORED_METHODS, SHARED_FIELDS, TOKEN_WEIGHTED_METHODS, Config, TrainConfig
 
 
@@ -52,7 +51,7 @@ def run(cfg: Config, run_dir: str | Path, *, progress: bool = True):
     import pandas as pd
 
     from ual.common.io import read_json
-    from ual.train.fitting import fit
+    from ual.train.fitting import finished_result, fit
 
     run_dir = Path(run_dir)
     rows = []
@@ -60,13 +59,11 @@ def run(cfg: Config, run_dir: str | Path, *, progress: bool = True):
         v = variant_config(v, run_dir)
         name = Path(v.output_dir).name
         manifest = Path(v.output_dir) / "manifest.json"
-        done = manifest.exists() and read_json(manifest).get("status") == "complete" \
-            and read_json(manifest).get("config") == config_to_dict(v)
-        if not done:
+        if finished_result(v) is None:  # same settings and input contents: reused; anything changed: trained
             print(f"training {name}", flush=True)
             fit(v, progress=progress)
         m = read_json(manifest)
         rows.append({"variant": name, "method": v.method, "mean_eps": v.mean_eps, "seed": v.seed,
-                     "steps": m.get("global_step"), "train_loss": m["metrics"].get("train_loss"),
-                     "seconds": m["metrics"].get("train_runtime"), "loss_path": m.get("loss_path")})
+                     "steps": m.get("global_step"), "train_loss": m.get("metrics", {}).get("train_loss"),
+                     "seconds": m.get("metrics", {}).get("train_runtime"), "loss_path": m.get("loss_path")})
     return pd.DataFrame(rows)
