@@ -93,7 +93,9 @@ books["05_ava.ipynb"] = [
   K("from ual.common.paths import run_path\n\nrun_dir = run_path(run_dir)"),
   M("Policies on the controlled benchmark: every metric of the evaluate stage, AVA-d minus SFT, with two-level paired bootstrap intervals (seeds, then items; `ual.figures.bootstrap`)."),
   K("import pandas as pd\n\nfrom ual.figures.bootstrap import bootstrap_table\nfrom ual.figures.results import method_label\n\n"
+    "from ual.common.io import atomic_write_json\n\n"
     "stats = bootstrap_table(run_dir, n_boot=n_boot, comparisons=[(method_label(\"ava_d\", 0.0), \"sft\")])\n"
+    "atomic_write_json(run_dir / \"evaluate\" / \"ava_policy_stats.json\", stats)\n"
     "pd.DataFrame(stats[\"differences\"])[[\"label\", \"a\", \"b\", \"estimate\", \"lo\", \"hi\", \"p_a_better\", \"n_seeds\"]]"),
   M("Reward models on the held-out verdicts: each complete `ava_p` / `bt_rm` model scores both responses of every pair (the reward head's mean on the last response token); scores go to `evaluate/<variant>/rm_scores.jsonl` (resumable) and the summary to `evaluate/reward_models.json`. Balanced accuracy and AUROC treat \"the response shown first is preferred\" as the label, so a scorer that always prefers the (usually longer, usually winning) GPT-4-Turbo answer gets 50 % balanced accuracy whatever its pairwise accuracy."),
   K("from IPython.display import Markdown\n\nfrom ual.evaluate.metrics.reward import reward_markdown\nfrom ual.evaluate.reward import evaluate_run\n\n"

@@ -33,6 +33,8 @@ HEADLINE: list[tuple[str, str, bool]] = [
     ("winrate.*.win_rate", "win rate vs reference (%)", True),
     ("winrate.*.length_controlled_winrate", "length-controlled win rate (%)", True),
     ("clustering.mean_silhouette", "token-clustering silhouette (mean over pairs)", True),
+    ("clustering.class_separation_r2", "class separation R² over the top-k tokens (Kornblith et al.)", True),
+    ("clustering.nc1", "within-class variability NC1 over the top-k tokens", False),
 ]
 
 
@@ -230,7 +232,10 @@ EXPORT_GLOBS = ("manifest.json", "data/controlled_spec.json", "elicit/scores.jso
                 "train/*/eps.jsonl", "train/*/manifest.json", "evaluate/*/metrics.json",
                 "evaluate/*/controlled/scores.jsonl", "evaluate/*/math_*.jsonl", "evaluate/*/generations_*.jsonl",
                 "evaluate/*/chat_*.jsonl", "evaluate/*/annotations_*.json",
-                "evaluate/*/clustering.json")
+                "evaluate/*/clustering.json",
+                # AVA (ual.train.ava, ual.evaluate.reward): objective settings, reward-model scores and summaries
+                "train/*/ava.json", "evaluate/*/rm_scores*.jsonl", "evaluate/*/rm_eval.json",
+                "evaluate/reward_models.json", "evaluate/ava_policy_stats.json")
 
 
 def export_results(run_dir: str | Path, dest: str | Path, *, max_file_mb: float = 5.0) -> list[str]:
