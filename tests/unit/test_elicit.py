@@ -117,22 +117,34 @@ def test_openai_faults_end_in_score_or_recorded_error(server, api_cfg, tmp_path)
     assert server.requests[0]["temperature"] == 0.0
 
 
-def test_rerun_skips_finished_and_retries_failed_only_when_asked(server, api_cfg, tmp_path):
+def test_rerun_retries_failed_by_default_and_keeps_them_when_asked(server, api_cfg, tmp_path):
     recs = _records(6)
     server.script("item2x", reply("no idea"))
     server.script("item3x", *[http_error(502)] * 3)
     out = tmp_path / "scores.jsonl"
-    elicit(api_cfg, recs, out)
+    s = elicit(api_cfg, recs, out)
+    assert s["file_missing"] == 2 and any("502" in why for why in s["failed_reasons"])  # says how many and why
     n_before = len(server.prompts)
-    s = elicit(api_cfg, recs, out)                      # nothing to do
+    api_cfg.retry_failed = False
+    s = elicit(api_cfg, recs, out)                      # failures kept: nothing to do
     assert len(server.prompts) == n_before and s["skipped"] == 6 and s["attempted"] == 0
-    api_cfg.retry_failed = True
+    api_cfg.retry_failed = True                         # the default
     s = elicit(api_cfg, recs, out)                      # only the two failures are sent again
     assert len(server.prompts) == n_before + 2 and s["scored"] == 2
     assert server.count("item0x") == 1 and server.count("item2x") == 2
     assert s["file_missing"] == 0
     from ual.data.records import load_scores
     assert load_scores(out, recs) == {f"s{i}": 3.0 * i for i in range(6)}
+
+
+def test_a_changed_sample_is_scored_again(server, api_cfg, tmp_path):
+    recs = _records(3)
+    out = tmp_path / "scores.jsonl"
+    elicit(api_cfg, recs, out)
+    changed = [recs[0], recs[1], Record(recs[2].id, recs[2].source, [{"role": "user", "content": "new text"},
+                                                                    {"role": "assistant", "content": "x"}])]
+    s = elicit(api_cfg, changed, out)                   # same ids, one new content: only that one is rescored
+    assert s["attempted"] == 1 and s["skipped"] == 2 and server.count("new text") >= 1 and server.count("item0x") == 1
 
 
 def test_interrupted_run_sends_no_finished_sample_twice(server, api_cfg, tmp_path, monkeypatch):

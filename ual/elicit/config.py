@@ -101,6 +101,6 @@ class ElicitConfig:
                              "gpteacher: 90}; CLI: name=score,name=score. Scores must be >= 0.")
     source_key: Literal["source", "category"] = _f("source", "source: look scores up by record source or category.")
     # ------------------------------------------------------------------------------------------ run
-    retry_failed: bool = _f(False, "rescore samples whose last row is an error or a parse failure (otherwise a "
-                            "rerun skips them too).")
+    retry_failed: bool = _f(True, "a rerun scores again the samples whose last row is an error (API outage, "
+                            "timeout) or a parse failure; false keeps those rows.")
     progress: bool = _f(True, "show a tqdm progress bar.")

@@ -2,8 +2,9 @@
 
 Resume contract. The results file is append-only JSONL (``ual.io.JsonlAppender``: one flushed, fsynced line per
 finished sample). A rerun, or a run after a kill at any moment, reads the file (skipping a torn last line),
-skips every sample whose latest row has a score, and also those whose latest row is an error or a parse failure
-unless ``retry_failed``. So a finished sample is never sent to the API twice and none is lost; only calls in
+skips every sample whose latest row has a score for the same record content (``record_sha256``: a changed
+sample is scored again), and retries those whose latest row is an error or a parse failure (unless
+``retry_failed`` is off). So a finished sample is never sent to the API twice and none is lost; only calls in
 flight at the kill are repeated. Every row records how it was made (backend, model, prompt version, settings);
 a file made with anything else is refused rather than mixed.
 """
@@ -45,10 +46,30 @@ def _check_identity(path: Path, rows: dict[str, tuple[int, dict]], identity: dic
                                  "this one) rather than mixing scores")
 
 
-def _is_done(row: dict, retry_failed: bool) -> bool:
+def record_sha256(record: Record) -> str:
+    """Content hash of a record (everything but its id): a score is valid only for the sample it was made for."""
+    import hashlib
+    import json
+
+    body = {k: v for k, v in record.to_dict().items() if k != "id"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _is_done(row: dict, record: Record, retry_failed: bool) -> bool:
+    # rows written before record hashes were kept carry none: they are trusted as before
+    if row.get("record_sha256", record_sha256(record)) != record_sha256(record):
+        return False
     if row.get("score") is not None:
         return True
     return not retry_failed
+
+
+def failure_reasons(rows, limit: int = 3) -> dict[str, int]:
+    """The most common errors of failed rows (reason -> count), e.g. ``{"http 503": 12}``."""
+    from collections import Counter
+
+    reasons = Counter(str(r.get("error") or r.get("status"))[:80] for r in rows if r.get("score") is None)
+    return dict(reasons.most_common(limit))
 
 
 def elicit(config: ElicitConfig, records: Sequence[Record], output_path: str | Path) -> dict:
@@ -70,7 +91,8 @@ def elicit(config: ElicitConfig, records: Sequence[Record], output_path: str | P
     check_writable(output_path.parent)
     existing = latest_rows(output_path)
     _check_identity(output_path, existing, identity)
-    todo = [r for r in records if not (r.id in existing and _is_done(existing[r.id][1], config.retry_failed))]
+    todo = [r for r in records if not (r.id in existing and _is_done(existing[r.id][1], r, config.retry_failed))]
+    shas = {r.id: record_sha256(r) for r in todo}
     backend.check(todo)
 
     counts = {OK: 0, PARSE_FAILURE: 0, ERROR: 0}
@@ -86,7 +108,8 @@ def elicit(config: ElicitConfig, records: Sequence[Record], output_path: str | P
                 if s is not None and (not math.isfinite(s) or s < 0):
                     row.update(score=None, status=ERROR, error=f"backend produced an invalid score {s!r} (must be "
                                "finite and >= 0)")
-                full = {"id": row["id"], "score": row.get("score"), **identity, "scale": backend.scale,
+                full = {"id": row["id"], "record_sha256": shas[row["id"]], "score": row.get("score"), **identity,
+                        "scale": backend.scale,
                         "status": row.get("status"), "error": row.get("error"), "raw": row.get("raw"),
                         **{k: v for k, v in row.items() if k not in ("id", "score", "status", "error", "raw")}}
                 out.write(full)
@@ -100,4 +123,5 @@ def elicit(config: ElicitConfig, records: Sequence[Record], output_path: str | P
             "skipped": len(records) - len(todo), "attempted": len(todo), "scored": counts[OK],
             "parse_failures": counts[PARSE_FAILURE], "errors": counts[ERROR], "tokens": tokens,
             "seconds": round(seconds, 3), "samples_per_second": (len(todo) / seconds) if todo and seconds > 0 else None,
-            "file_scored": file_scored, "file_missing": len(records) - file_scored}
+            "file_scored": file_scored, "file_missing": len(records) - file_scored,
+            "failed_reasons": failure_reasons(latest.get(i, {"status": "missing"}) for i in ids)}

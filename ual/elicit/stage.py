@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ual.common.errors import InputError
 from ual.elicit.config import ElicitConfig
 
 
@@ -15,6 +16,11 @@ def run(cfg: ElicitConfig, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     records = load_records(run_dir / "data" / "train.jsonl")
     summary = elicit(cfg, records, run_dir / "elicit" / "scores.jsonl")
+    if summary["file_missing"]:
+        reasons = "; ".join(f"{n} x {why}" for why, n in summary["failed_reasons"].items())
+        raise InputError(run_dir / "elicit" / "scores.jsonl", None, "score",
+                         f"{summary['file_missing']} of {summary['records']} samples have no score ({reasons}); "
+                         "run the stage again to retry them (retry_failed is on by default)")
     if any(r.source.startswith("controlled-") for r in records):
         summary["auroc_by_family"] = family_auroc(run_dir)
     return summary
