@@ -173,6 +173,18 @@ def _apply_overrides(raw: dict, overrides: list[str], classes: dict[str, type]) 
         raw[section][field] = value
 
 
+def _build_stage(cls: type, values: dict, path: Path, section: str, set_keys: set[str]):
+    """One section's config; a value its checks refuse is reported with the dotted key and where it came from (the
+    profile file, or ``--set``)."""
+    try:
+        return build_config(cls, values, source=path, section=section)
+    except InputError as e:
+        if e.path is not None:
+            raise
+        key = f"{section}.{e.field}" if e.field and not str(e.field).startswith(section + ".") else (e.field or section)
+        raise InputError("--set" if key in set_keys else path, None, key, e.message) from None
+
+
 def resolve_profile(name_or_path: str, overrides: list[str] | None = None) -> ResolvedProfile:
     """Load a profile (following ``extends:``), apply ``section.key=value`` overrides, and build every stage config
     (validating it)."""
@@ -196,8 +208,9 @@ def resolve_profile(name_or_path: str, overrides: list[str] | None = None) -> Re
         if SECRET_KEY.search(key.rpartition(".")[2]):
             raise InputError("--set", None, key, "secrets are never parameters; put the key in an environment "
                              "variable and name it with api_key_env")
-    stages = {s: build_config(classes[s], raw.get(s) or {}, source=path, section=s) for s in STAGES}
-    run = build_config(RunConfig, raw.get("run") or {}, source=path, section="run")
+    set_keys = {o.split("=", 1)[0].strip() for o in overrides or []}
+    stages = {s: _build_stage(classes[s], raw.get(s) or {}, path, s, set_keys) for s in STAGES}
+    run = _build_stage(RunConfig, raw.get("run") or {}, path, "run", set_keys)
     return ResolvedProfile(path.stem, path, run, stages, list(overrides or []))
 
 

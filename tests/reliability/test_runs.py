@@ -53,3 +53,25 @@ def test_resume_command_reproduces_run_id_runs_root_and_overrides(tmp_path):
 def test_from_needs_the_earlier_stages_complete_with_these_settings(tmp_path):
     with pytest.raises(InputError, match="--from train needs stage 'data'"):
         run(resolve_profile("tiny"), runs_root=tmp_path, from_stage="train", progress=False)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.methods=[foo]", "train.methods"), ("train.epochs=.nan", "train.epochs"),
+    ("train.learning_rate=.nan", "train.learning_rate"), ("train.learning_rate=-1", "train.learning_rate"),
+    ("train.lora_dropout=1.5", "train.lora_dropout"), ("train.seeds=[]", "train.seeds"),
+    ("evaluate.batch_size=0", "evaluate.batch_size"), ("evaluate.k_samples=-1", "evaluate.k_samples"),
+    ("data.n_train_low=-3", "data.n_train_low"), ("figures.dpi=0", "figures.dpi"), ("train.mean_eps=1.5", "train.mean_eps"),
+])
+def test_bad_values_stop_before_any_stage_naming_set_and_the_key(override, key, tmp_path, capsys):
+    with pytest.raises(InputError) as e:
+        resolve_profile("tiny", [override])
+    assert str(e.value).startswith("--set") and f'"{key}"' in str(e.value)
+    assert main(["run", "--profile", "tiny", "--set", override, "--runs-root", str(tmp_path)]) == 2
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_bad_value_in_a_profile_names_the_file_and_the_key(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("extends: tiny\ntrain:\n  lora_dropout: 1.5\n")
+    with pytest.raises(InputError, match=r'p\.yaml: field "train\.lora_dropout"'):
+        resolve_profile(str(p))

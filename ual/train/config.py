@@ -109,6 +109,24 @@ class TrainSettings:
         "sum (as written; grows with response length against the one CER term per pair).")
 
     def _check_shared(self) -> None:
+        def finite(name: str) -> float:
+            v = getattr(self, name)
+            if not math.isfinite(v):
+                raise InputError(None, None, name, f"must be a finite number, got {v}")
+            return v
+
+        if not finite("learning_rate") > 0:
+            raise InputError(None, None, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        if not 0 <= finite("lora_dropout") < 1:
+            raise InputError(None, None, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        if not 0 <= finite("warmup_ratio") < 1:
+            raise InputError(None, None, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        if finite("weight_decay") < 0:
+            raise InputError(None, None, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        finite("epochs")
+        if self.lora_alpha <= 0 or self.save_total_limit < 1:
+            raise InputError(None, None, "lora_alpha" if self.lora_alpha <= 0 else "save_total_limit",
+                             "must be >= 1")
         if not 0 < self.eps_cap < 1:
             raise InputError(None, None, "eps_cap", f"must be in (0, 1), got {self.eps_cap}")
         for name in ("batch_size", "grad_accum", "max_length", "lora_r", "logging_steps", "save_steps"):
