@@ -9,18 +9,21 @@ from ual.common.errors import InputError
 from ual.common.io import JsonlAppender, atomic_write_json, read_jsonl
 
 
-def test_appender_isolates_a_torn_line(tmp_path):
+def test_appender_cuts_a_torn_line(tmp_path):
     p = tmp_path / "r.jsonl"
     with JsonlAppender(p) as f:
         f.write({"id": 1})
     with open(p, "a") as f:
         f.write('{"id": 2, "sco')  # killed mid-write
-    assert read_jsonl(p) == [{"id": 1}]
-    with JsonlAppender(p) as f:
-        f.write({"id": 3})
-    assert read_jsonl(p) == [{"id": 1}, {"id": 3}]
+    with pytest.warns(UserWarning, match="torn last line"):
+        assert read_jsonl(p) == [{"id": 1}]
     with pytest.raises(InputError, match=":2:"):
         read_jsonl(p, tolerate_torn=False)
+    with pytest.warns(UserWarning, match="cut a torn last line"):
+        with JsonlAppender(p) as f:
+            f.write({"id": 3})
+    assert p.read_text() == '{"id": 1}\n{"id": 3}\n'  # the fragment is gone, the file valid line by line
+    assert read_jsonl(p, tolerate_torn=False) == [{"id": 1}, {"id": 3}]
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):

@@ -45,7 +45,7 @@ def did_you_mean(key: str, known) -> str:
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``"key=value"`` into the key and the YAML-parsed value (``lr=3e-4`` gives a float)."""
     if "=" not in text:
-        raise InputError(None, None, text, "override must look like key=value")
+        raise InputError("--set", None, text, "override must look like key=value")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw)
@@ -55,21 +55,20 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping, with file and line in the error on a syntax error."""
+    """Read a YAML mapping (profiles, ``--config``) through the guarded reader (:func:`ual.common.io.read_yaml`):
+    a missing file, a directory, bytes that are not UTF-8 (a leading BOM is fine) or a syntax error name the file
+    and line."""
+    from ual.common.io import read_yaml
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(path, None, None, "file not found") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise InputError(path, None if mark is None else mark.line + 1, None, f"invalid YAML ({e})") from None
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise InputError(path, None, None, f"expected a mapping at the top level, got {type(data).__name__}")
+    bad = next((k for k in data if not isinstance(k, str)), None)
+    if bad is not None:
+        raise InputError(path, None, str(bad), f"a key must be a name, got {type(bad).__name__} {bad!r}")
     return data
 
 
@@ -133,8 +132,9 @@ def build_config(cls: type[T], values: dict, *, source: str | Path | None = None
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in values.items():
-        field = f"{section}.{key}" if section else key
-        if key not in names:
+        field = f"{section}.{key}" if section else str(key)
+        if not isinstance(key, str) or key not in names:
+            key = str(key)
             raise InputError(source, None, field, f"unknown key for {cls.__name__}{did_you_mean(key, names)}; "
                              f"known: {', '.join(sorted(names))}")
         ok, coerced = _type_ok(value, hints[key])
@@ -157,6 +157,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         data = load_yaml(path)
         if section is not None:
             data = data.get(section, {}) or {}
+            if not isinstance(data, dict):
+                raise InputError(path, None, section, f"expected a mapping of settings, got {type(data).__name__}")
         values.update(data)
     for text in overrides or []:
         key, value = parse_override(text)

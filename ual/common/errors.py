@@ -18,11 +18,12 @@ class InputError(ValueError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = self.path or "<input>"
+        # no file (a value from the command line or a notebook): the field alone says where, not "<input>"
+        where = self.path or ("" if self.line is None else "line")
         if self.line is not None:
-            where += f":{self.line}"
+            where += f":{self.line}" if self.path else f" {self.line}"
         what = f'field "{self.field}": ' if self.field else ""
-        return f"{where}: {what}{self.message}"
+        return f"{where}: {what}{self.message}" if where else f"{what}{self.message}"
 
     def __reduce__(self):  # keep picklable across worker processes
         return (InputError, (self.path, self.line, self.field, self.message))

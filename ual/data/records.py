@@ -12,6 +12,7 @@ naming the file, the line and the field.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import random
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ual.common.errors import InputError
-from ual.common.io import iter_jsonl, write_jsonl
+from ual.common.io import decode_text, iter_jsonl_bytes, read_bytes, write_jsonl
 
 ROLES = ("system", "user", "assistant")
 FORMATS = ("auto", "records", "alpaca", "gsm8k", "metamath", "sharegpt", "lima", "alpaca_eval")
@@ -82,6 +83,10 @@ def _iter_json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
             obj, end = dec.raw_decode(text, i)
         except json.JSONDecodeError as e:
             raise InputError(path, e.lineno, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+        except ValueError as e:  # e.g. an integer of more than 4300 digits
+            raise InputError(path, line, None, f"invalid JSON ({e})") from None
+        except RecursionError:
+            raise InputError(path, line, None, "invalid JSON (nested too deeply)") from None
         yield line, obj
         i = skip(end)
         if i < n and text[i] == ",":
@@ -95,25 +100,16 @@ def _iter_json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
 def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield ``(line, row)`` from a ``.jsonl`` file or a ``.json`` array; every row must be a JSON object."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, None, None, "file not found")
-    if path.is_dir():
-        raise InputError(path, None, None, "is a directory, expected a .json or .jsonl file")
-    raw = path.read_bytes()
-    if not raw.strip():
+    raw = read_bytes(path)  # the guarded path: a directory, a symlink loop, a permission all name the file
+    if not raw.removeprefix(codecs.BOM_UTF8).strip():
         raise InputError(path, None, None, "file is empty")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(path, raw[: e.start].count(b"\n") + 1, None, f"not valid UTF-8 (byte {e.start})") from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        for line, obj in _iter_json_array(path, text):
+    if raw.removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"["):
+        for line, obj in _iter_json_array(path, decode_text(path, raw)):
             if not isinstance(obj, dict):
                 raise InputError(path, line, None, f"expected a JSON object, got {type(obj).__name__}")
             yield line, obj
-    else:
-        yield from iter_jsonl(path, tolerate_torn=False)
+    else:  # a data file is not appended to: its last line is as strict as the others
+        yield from iter_jsonl_bytes(path, raw, tolerate_torn=False)
 
 
 def _str_field(path, line, row: dict, name: str, *, required: bool = True, allow_empty: bool = False) -> str | None:
@@ -443,25 +439,28 @@ def load_scores(path: str | Path, records: Sequence[Record] | None = None, *, sc
     Formats: JSONL lines with ``id`` and ``score`` (what ``ual.elicit`` writes; later lines override earlier
     ones for the same id, null scores count as missing), or a JSON array of numbers in record order (the authors'
     format). Scores must be finite and inside ``score_range``; every record needs one unless ``allow_missing``.
+    A JSONL scores file is appended by elicitation: a torn last line (a kill mid-append) is skipped with a warning.
     """
     import math
+
+    from ual.common.io import parse_json
 
     path = Path(path)
     scores: dict[str, float] = {}
     lines: dict[str, int] = {}
     lo, hi = score_range
-    raw_text = path.read_text(encoding="utf-8") if path.exists() else None
-    if raw_text is None:
-        raise InputError(path, None, None, "file not found")
-    if raw_text.lstrip().startswith("[") and path.suffix == ".json":
-        values = json.loads(raw_text)
+    raw = read_bytes(path)
+    if raw.removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"[") and path.suffix == ".json":
+        values = parse_json(path, decode_text(path, raw))
+        if not isinstance(values, list):
+            raise InputError(path, 1, None, f"expected a JSON list of scores, got {type(values).__name__}")
         if records is None:
             raise InputError(path, None, None, "a list of scores needs the data file to give the ids")
         if len(values) != len(records):
             raise InputError(path, None, "score", f"has {len(values)} scores for {len(records)} samples")
         rows = [(i + 1, {"id": r.id, "score": v}) for i, (r, v) in enumerate(zip(records, values))]
     else:
-        rows = list(iter_jsonl(path, tolerate_torn=False))
+        rows = list(iter_jsonl_bytes(path, raw, tolerate_torn=True))
     if not rows:
         raise InputError(path, None, None, "file is empty")
     for line, row in rows:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ual.common.errors import InputError
+from ual.common.io import read_text
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 DEFAULT_PROMPT = "need_for_diversity_v1"
@@ -52,12 +53,10 @@ def load_prompt(prompt_file: str | Path | None = None) -> Prompt:
     else:
         path = Path(prompt_file)
         version = None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(path, None, "prompt_file", "file not found") from None
-    except UnicodeDecodeError:
-        raise InputError(path, None, "prompt_file", "not valid UTF-8") from None
+    try:  # the guarded reader: a directory, a symlink loop, bad bytes all name the file
+        text = read_text(path)
+    except InputError as e:
+        raise InputError(e.path, e.line, "prompt_file", e.message) from None
     n = text.count(PLACEHOLDER)
     if n != 1:
         raise InputError(path, None, "prompt_file", f"must contain the placeholder {PLACEHOLDER} exactly once "

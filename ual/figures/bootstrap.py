@@ -139,7 +139,7 @@ def _math_items(path: Path, name: str) -> list[ItemMetric]:
                          binary=True)
         acc.values = {r["id"]: 100.0 * bool(r["correct"]) for r in rows}
         return [acc, nll, ece, brier, auroc]
-    pairs = list(iter_jsonl(gens, tolerate_torn=False))
+    pairs = list(iter_jsonl(gens))  # appended by generation: a torn last line (a kill) is skipped with a warning
     for line, r in pairs:
         if "id" not in r:
             raise InputError(gens, line, "id", "is missing")
@@ -171,10 +171,20 @@ def _chat_items(path: Path, name: str) -> list[ItemMetric]:
 
 
 def _clustering_items(path: Path) -> list[ItemMetric]:
+    """Per token pair: the silhouette; per model (one "item", so only the seeds are resampled): the class
+    separation R^2 and NC1 over all the top-k tokens at once, when the file has them."""
+    c = read_json(path)
     m = ItemMetric("clustering.silhouette", "token-pair silhouette (−1 to 1)", True)
-    for p in read_json(path)["pairs"]:
+    for p in c["pairs"]:
         m.values[f"{p['a']}|{p['b']}"] = float(p["silhouette"])
-    return [m]
+    out = [m]
+    sep = c.get("class_separation")
+    if sep:
+        out += [ItemMetric("clustering.class_separation_r2", "class separation R² over the top-k tokens", True,
+                           values={"all": float(sep["r2"])}),
+                ItemMetric("clustering.nc1", "within-class variability NC1 (top-k tokens)", False,
+                           values={"all": float(sep["nc1"])})]
+    return out
 
 
 def item_metrics(run_dir: str | Path) -> dict[str, dict[str, ItemMetric]]:

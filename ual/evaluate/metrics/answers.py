@@ -275,9 +275,10 @@ def score_math(rows: Iterable[dict], protocols: Sequence[str] = PROTOCOLS, *, pa
 
 
 def score_math_file(path: str | Path, protocols: Sequence[str] = PROTOCOLS) -> dict:
-    """:func:`score_math` on a generations JSONL file (rows with ``output`` and ``answer``)."""
+    """:func:`score_math` on a generations JSONL file (rows with ``output`` and ``answer``). The file is appended by
+    generation: a torn last line (a kill mid-append) is skipped with a warning; damage elsewhere is an error."""
     lines, rows = [], []
-    for line, row in iter_jsonl(path, tolerate_torn=False):
+    for line, row in iter_jsonl(path):
         lines.append(line)
         rows.append(row)
     out = score_math(rows, protocols, path=path, lines=lines)

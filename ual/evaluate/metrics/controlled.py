@@ -56,10 +56,58 @@ def _median(xs: Sequence[float]) -> float | None:
     return float(s[k] if len(s) % 2 else (s[k - 1] + s[k]) / 2)
 
 
-def _need(row: dict, key: str, line: int, path) -> Any:
+_NUMBER = (int, float)
+
+
+def _need(row: dict, key: str, line: int, path, types: type | tuple = object, what: str = "") -> Any:
+    """``row[key]``, which must be present and of ``types`` (a bool is not a number), else an InputError."""
     if key not in row or row[key] is None:
         raise InputError(path, line, key, "is missing")
-    return row[key]
+    v = row[key]
+    if not isinstance(v, types) or (types == _NUMBER and isinstance(v, bool)):
+        raise InputError(path, line, key, f"expected {what or getattr(types, '__name__', 'a number')}, "
+                         f"got {type(v).__name__}")
+    return v
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, _NUMBER) and not isinstance(v, bool)
+
+
+def check_spec(spec: Any, path=None) -> dict:
+    """A controlled benchmark's ``spec.json`` as the metrics read it: ``categories`` maps each name to distinct
+    string ``items`` and their ``probs`` (finite, non-negative, as many as items); the optional
+    ``train_answer_counts`` gives each category one non-negative count per item. InputError naming the field."""
+    if not isinstance(spec, dict):
+        raise InputError(path, None, None, f"expected a JSON object (a benchmark spec), got {type(spec).__name__}")
+    cats = spec.get("categories")
+    if not isinstance(cats, dict) or not cats:
+        raise InputError(path, None, "categories", "expected a non-empty mapping of category -> items and probs")
+    counts = spec.get("train_answer_counts") or {}
+    if not isinstance(counts, dict):
+        raise InputError(path, None, "train_answer_counts", "expected a mapping of category -> counts")
+    for name, cat in cats.items():
+        field = f"categories.{name}"
+        items = cat.get("items") if isinstance(cat, dict) else None
+        probs = cat.get("probs") if isinstance(cat, dict) else None
+        if (not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items)
+                or len(set(items)) != len(items)):
+            raise InputError(path, None, f"{field}.items", "expected a non-empty list of distinct strings")
+        if (not isinstance(probs, list) or len(probs) != len(items)
+                or not all(_is_number(x) and math.isfinite(x) and x >= 0 for x in probs)):
+            raise InputError(path, None, f"{field}.probs", f"expected {len(items)} finite non-negative numbers")
+        c = counts.get(name)
+        if c is not None and (not isinstance(c, list) or len(c) != len(items)
+                              or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in c)):
+            raise InputError(path, None, f"train_answer_counts.{name}", f"expected {len(items)} non-negative integers")
+    return spec
+
+
+def _n_tokens(row: dict, key: str, line: int, path) -> int:
+    n = _need(row, key, line, path, _NUMBER)
+    if n <= 0:
+        raise InputError(path, line, key, f"expected a positive token count, got {n}")
+    return n
 
 
 def brier_score(confidences: Sequence[float], correct: Sequence[bool]) -> float:
@@ -123,7 +171,7 @@ def reference_kls(spec: dict, category: str) -> dict:
 
 def high_item_metrics(row: dict, spec: dict, *, line: int | None = None, path=None) -> dict:
     """Exact and sampled metrics of one high-entropy score row (see :func:`controlled_metrics`)."""
-    cat = _need(row, "category", line, path)
+    cat = _need(row, "category", line, path, str)
     if cat not in spec["categories"]:
         raise InputError(path, line, "category", f"{cat!r} is not a category of the spec")
     items = spec["categories"][cat]["items"]
@@ -132,6 +180,8 @@ def high_item_metrics(row: dict, spec: dict, *, line: int | None = None, path=No
     if not isinstance(lps, dict) or set(lps) != set(items):
         raise InputError(path, line, "valid_logprobs", f"must hold exactly the {len(items)} valid answers of "
                          f"category {cat!r}")
+    if not all(_is_number(v) and not math.isnan(v) and v != math.inf for v in lps.values()):
+        raise InputError(path, line, "valid_logprobs", "expected log-probabilities: numbers (or -Infinity)")
     lp = [float(lps[it]) for it in items]
     lse = float(logsumexp(lp))
     q = [math.exp(x - lse) for x in lp]
@@ -181,6 +231,7 @@ def controlled_metrics(scored_rows: Iterable[dict], spec: dict, *, ece_protocol:
     Returns ``{"low": {...}, "high": {...}, "high_by_category": {cat: {...}}, "definitions": {...}}``. Rates are
     percent, probabilities and ECE in [0, 1], KL and entropies in nats; each high metric is a mean over prompts.
     """
+    spec = check_spec(spec)
     low_rows, high_items = [], []
     for i, row in enumerate(scored_rows):
         line = i + 1
@@ -194,16 +245,24 @@ def controlled_metrics(scored_rows: Iterable[dict], spec: dict, *, ece_protocol:
     result: dict = {"benchmark_version": spec.get("version"), "distribution": spec.get("distribution")}
 
     if low_rows:
-        acc = score_math([{"output": _need(r, "greedy", ln, path), "answer": _need(r, "answer", ln, path)}
+        acc = score_math([{"output": _need(r, "greedy", ln, path, str),
+                           "answer": _need(r, "answer", ln, path, (str, int, float), "a string or a number")}
                           for ln, r in low_rows], ("strict", "flexible"), path=path,
                          lines=[ln for ln, _ in low_rows])
         conf, correct = [], []
         for ln, r in low_rows:
-            ans = _need(r, "greedy_answers", ln, path).get(ece_protocol)
-            lp = _need(r, "greedy_answer_logprobs", ln, path).get(ece_protocol)
+            ans = _need(r, "greedy_answers", ln, path, dict).get(ece_protocol)
+            lp = _need(r, "greedy_answer_logprobs", ln, path, dict).get(ece_protocol)
+            if not (ans is None or isinstance(ans, str)) or not (lp is None or _is_number(lp)):
+                raise InputError(path, ln, "greedy_answers", f"expected a string answer and a numeric log-probability "
+                                 f"(or nulls) for protocol {ece_protocol!r}")
+            for k in ("gold_answer_logprob", "gold_answer_n_tokens"):
+                if r.get(k) is not None and not _is_number(r[k]):
+                    raise InputError(path, ln, k, f"expected a number, got {type(r[k]).__name__}")
             conf.append(answer_confidence(ans, lp))
             correct.append(lp is not None and ans is not None and ans == gold_answer(r["answer"]))
-        gold_nll = [-_need(r, "gold_logprob", ln, path) / _need(r, "gold_n_tokens", ln, path) for ln, r in low_rows]
+        gold_nll = [-_need(r, "gold_logprob", ln, path, _NUMBER) / _n_tokens(r, "gold_n_tokens", ln, path)
+                    for ln, r in low_rows]
         ans_nll = [-r["gold_answer_logprob"] / r["gold_answer_n_tokens"] for _, r in low_rows
                    if r.get("gold_answer_logprob") is not None and r.get("gold_answer_n_tokens")]
         result["low"] = {
@@ -290,7 +349,7 @@ def controlled_metrics(scored_rows: Iterable[dict], spec: dict, *, ece_protocol:
 def controlled_metrics_file(scores_path: str | Path, spec_path: str | Path, **kwargs) -> dict:
     """:func:`controlled_metrics` on a saved ``scores.jsonl`` and ``spec.json``."""
     rows = [row for _, row in iter_jsonl(scores_path)]
-    return controlled_metrics(rows, read_json(spec_path), path=scores_path, **kwargs)
+    return controlled_metrics(rows, check_spec(read_json(spec_path), spec_path), path=scores_path, **kwargs)
 
 
 def entropy_class_auroc(scores_by_id: dict[str, float], records: Sequence[Record]) -> float:

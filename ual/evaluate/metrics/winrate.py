@@ -31,7 +31,7 @@ import numpy as np
 
 from ual.common.errors import InputError
 from ual.evaluate.metrics.model_outputs import check_items
-from ual.common.io import read_json
+from ual.common.io import read_json, read_text
 
 LC_METHODS = ("auto", "alpaca_eval", "published", "refit", "none")
 # alpaca_eval's length_controlled_v1 settings: 5 cross-validation folds over LogisticRegressionCV's default grid
@@ -169,42 +169,52 @@ def read_lc_weights(path: str | Path) -> dict[str, dict]:
     {model: {"length", "difficulty", "intercept"}}."""
     path = Path(path)
     out = {}
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            first = reader.fieldnames[0] if reader.fieldnames else None
-            for col in (_W_LENGTH, _W_DIFFICULTY, _W_INTERCEPT):
-                if col not in (reader.fieldnames or []):
-                    raise InputError(path, 1, col, "column is missing")
-            for i, row in enumerate(reader, start=2):
-                try:
-                    out[row[first]] = {"length": float(row[_W_LENGTH]), "difficulty": float(row[_W_DIFFICULTY]),
-                                       "intercept": float(row[_W_INTERCEPT])}
-                except ValueError as e:
-                    raise InputError(path, i, None, f"not a number ({e})") from None
-    except FileNotFoundError:
-        raise InputError(path, None, None, "file not found") from None
+    reader = _csv_reader(path)
+    first = reader.fieldnames[0] if reader.fieldnames else None
+    for col in (_W_LENGTH, _W_DIFFICULTY, _W_INTERCEPT):
+        if col not in (reader.fieldnames or []):
+            raise InputError(path, 1, col, "column is missing")
+    for row in _csv_rows(path, reader):
+        try:
+            out[row[first]] = {"length": float(row[_W_LENGTH]), "difficulty": float(row[_W_DIFFICULTY]),
+                               "intercept": float(row[_W_INTERCEPT])}
+        except (TypeError, ValueError) as e:
+            raise InputError(path, reader.line_num, None, f"not a number ({e})") from None
     return out
+
+
+def _csv_reader(path: Path) -> csv.DictReader:
+    """A csv reader over a user file read through the guarded path (:func:`ual.common.io.read_text`)."""
+    import io
+
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    try:
+        reader.fieldnames
+    except csv.Error as e:
+        raise InputError(path, reader.line_num or 1, None, f"invalid csv ({e})") from None
+    return reader
+
+
+def _csv_rows(path: Path, reader: csv.DictReader):
+    try:
+        yield from reader
+    except csv.Error as e:
+        raise InputError(path, reader.line_num, None, f"invalid csv ({e})") from None
 
 
 def read_difficulties(path: str | Path) -> dict[str, float]:
     """Per-instruction difficulty from a csv with columns ``instruction`` and ``instruction_difficulty``."""
     path = Path(path)
     out: dict[str, float] = {}
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            for col in ("instruction", "instruction_difficulty"):
-                if col not in (reader.fieldnames or []):
-                    raise InputError(path, 1, col, "column is missing")
-            for row in reader:
-                line = reader.line_num
-                try:
-                    out[row["instruction"]] = float(row["instruction_difficulty"])
-                except (TypeError, ValueError):
-                    raise InputError(path, line, "instruction_difficulty", "not a number") from None
-    except FileNotFoundError:
-        raise InputError(path, None, None, "file not found") from None
+    reader = _csv_reader(path)
+    for col in ("instruction", "instruction_difficulty"):
+        if col not in (reader.fieldnames or []):
+            raise InputError(path, 1, col, "column is missing")
+    for row in _csv_rows(path, reader):
+        try:
+            out[row["instruction"]] = float(row["instruction_difficulty"])
+        except (TypeError, ValueError):
+            raise InputError(path, reader.line_num, "instruction_difficulty", "not a number") from None
     return out
 
 
@@ -258,6 +268,9 @@ def length_controlled_win_rate(annotations: Sequence[dict], *, method: str = "au
                           f"(--lc-difficulty or ${ENV_ALPACA_EVAL_DIR})")
         return out
     if method == "alpaca_eval":
+        if not _alpaca_eval_available():
+            raise InputError(None, None, "lc", "the method 'alpaca_eval' needs the optional package alpaca_eval "
+                             "(pip install alpaca-eval); or use --lc published, refit or none")
         import pandas as pd
         from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
 
