@@ -249,3 +249,30 @@ def test_pair_count_for_gradient_accumulation(tiny_model_dir):
                     method="bt_rm")
     n = tr._get_num_items_in_batch([_batch_inputs(tok, 3), _batch_inputs(tok, 2)], torch.device("cpu"))
     assert int(n) == 5
+
+
+def test_killed_pair_run_resumes_to_the_same_reward_model(tmp_path, controlled_data, tiny_model_dir):
+    """A run killed right after its step-2 checkpoint and resumed ends with the adapter and reward head of an
+    uninterrupted run (the head travels in the checkpoints through peft's modules_to_save)."""
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from ual.train.fitting import fit
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == 2:
+                raise KeyboardInterrupt("killed after the step-2 checkpoint")
+
+    kw = dict(max_steps=4, save_steps=2, seed=5)
+    full = fit(_cfg(tmp_path / "a", controlled_data, tiny_model_dir, "ava_p", **kw), progress=False)
+    cfg = _cfg(tmp_path / "b", controlled_data, tiny_model_dir, "ava_p", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, progress=False, callbacks=[Kill()])
+    resumed = fit(cfg, progress=False)
+    assert json.loads(resumed.manifest_path.read_text())["resumed_from"].endswith("checkpoint-2")
+    a = load_file(str(full.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and any("reward_head" in k for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
