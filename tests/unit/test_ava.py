@@ -276,3 +276,17 @@ def test_killed_pair_run_resumes_to_the_same_reward_model(tmp_path, controlled_d
     assert a.keys() == b.keys() and any("reward_head" in k for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+
+
+def test_pairs_alone_train_a_reward_model_without_records(tmp_path, tiny_model_dir):
+    from ual.train.fitting import fit
+
+    rows = [{"prompt": f"Say something nice {i}.", "chosen": "You are great!", "rejected": "No."} for i in range(6)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = TrainConfig(model=str(tiny_model_dir), method="bt_rm", pairs=[str(tmp_path / "p.jsonl")],
+                      output_dir=str(tmp_path / "rm"), template="chat", max_length=128, batch_size=2, grad_accum=1,
+                      max_steps=1, save_steps=1)
+    res = fit(cfg, progress=False)
+    assert (res.adapter_dir / "adapter_model.safetensors").exists()
+    with pytest.raises(InputError, match="no training data"):
+        fit(TrainConfig(model=str(tiny_model_dir), method="ava_d", output_dir=str(tmp_path / "d")), progress=False)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ual.common.config import config_to_dict
 from ual.common.errors import InputError
-from ual.train.config import AVA_METHODS, TrainConfig
+from ual.train.config import AVA_METHODS, PAIR_METHODS, TrainConfig
 from ual.train.examples import sample_eps, tokenize_records
 
 # Authors' run: the warm-up bug ramps the lr linearly over the whole run and ends near this value (ual-method.md §5).
@@ -210,14 +210,14 @@ def fit(cfg: TrainConfig, *, resume: bool = True, progress: bool = True, callbac
     from ual.train.trainer import UALTrainer
     from ual.train.examples import UALCollator
 
-    if not cfg.data:
+    if not cfg.data and not (cfg.method in PAIR_METHODS and cfg.pairs):  # pairs alone train a reward model
         raise InputError(None, None, "data", "no training data file given")
     out = Path(cfg.output_dir)
     check_writable(out)
     done = finished_result(cfg) if resume else None
     if done is not None:  # complete with these settings and inputs: a finished variant is never trained further
         return done
-    records = load_records(cfg.data)
+    records = load_records(cfg.data) if cfg.data else []
     ava = None
     if cfg.method in AVA_METHODS:  # AVA / Bradley-Terry: pairs or demonstrations, reward head (ual.train.ava)
         from ual.train.ava import AVAData, AVATrainer
