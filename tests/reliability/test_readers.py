@@ -196,6 +196,17 @@ def test_lc_csvs_any_bytes(raw):
     _returns_or_input_error(read_lc_weights, _file(raw, "weights.csv"))
 
 
+@FAST
+@given(key=st.sampled_from(["max_steps", "learning_rate", "methods", "scores", "data", "seeds", "nope", ""]),
+       value=st.text(max_size=30) | st.sampled_from(["2024-13-45", "[1,", "{a: [", "!!python/object:os.system", "nan"]))
+def test_set_overrides_any_text(key, value):
+    from ual.elicit.cli import parse_mapping
+    from ual.train.cli import load_train_config
+
+    _returns_or_input_error(load_train_config, None, [f"{key}={value}"])
+    _returns_or_input_error(parse_mapping, value, "extra_body")
+
+
 # ----------------------------------------------------------------------------------------------- torn last lines
 
 def test_torn_tail_cut_inside_a_utf8_character_is_skipped_then_rewritten_on_resume(tmp_path):

@@ -27,7 +27,11 @@ def parse_mapping(text: str, field: str) -> dict:
     """``"a=1,b=2.5"`` or a YAML/JSON mapping -> ``{"a": 1, "b": 2.5}``."""
     text = text.strip()
     if text.startswith("{"):
-        value = yaml.safe_load(text)
+        try:
+            value = yaml.safe_load(text)
+        except (yaml.YAMLError, ValueError) as e:
+            raise InputError("command line", None, field, f"invalid YAML/JSON mapping ({' '.join(str(e).split())})"
+                             ) from None
         if not isinstance(value, dict):
             raise InputError(None, None, field, f"expected a mapping, got {text!r}")
         return value
@@ -36,7 +40,10 @@ def parse_mapping(text: str, field: str) -> dict:
         if "=" not in part:
             raise InputError(None, None, field, f"expected name=value pairs separated by commas, got {part!r}")
         k, v = part.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except (yaml.YAMLError, ValueError):
+            out[k.strip()] = v  # not YAML: the text as given
     return out
 
 
@@ -77,7 +84,7 @@ def config_from_args(args: argparse.Namespace) -> ElicitConfig:
         else:
             try:
                 values[f.name] = yaml.safe_load(raw)
-            except yaml.YAMLError:
+            except (yaml.YAMLError, ValueError):  # ValueError: a date YAML accepts but cannot build (2024-13-45)
                 values[f.name] = raw
     return build_config(ElicitConfig, values, source=args.config or "command line")
 
