@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _config(tmp_path: Path, model_dir: Path, out: str, batch_size: int) -> Path:
+def _config(tmp_path: Path, model_dir: Path, out: str, batch_size: int, fused: bool) -> Path:
     recs, scores = [], []
     for i in range(16):
         math_item = i % 2 == 0
@@ -43,7 +43,7 @@ learning_rate: 0.01
 lr_scheduler: constant
 warmup_ratio: 0.0
 save_steps: 10
-fused_loss: false
+fused_loss: {str(fused).lower()}
 """)
     return cfg
 
@@ -52,19 +52,24 @@ def _losses(out: Path) -> list[float]:
     return [json.loads(l)["loss"] for l in (out / "log.jsonl").read_text().splitlines() if '"loss"' in l]
 
 
-def test_two_cpu_processes_match_one_process(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("fused", [False, True], ids=["logits", "default-fused"])
+def test_two_cpu_processes_match_one_process(tmp_path, tiny_model_dir, fused):
+    """With the default (fused) config too: two processes switch to the logits path (the fused one would bypass
+    DDP's wrapper), so the two-process run still gives the one-process losses."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    one = _config(tmp_path, tiny_model_dir, "one", batch_size=4)
-    two = _config(tmp_path, tiny_model_dir, "two", batch_size=2)
+    one = _config(tmp_path, tiny_model_dir, "one", batch_size=4, fused=fused)
+    two = _config(tmp_path, tiny_model_dir, "two", batch_size=2, fused=fused)
     subprocess.run([sys.executable, "-m", "ual", "train", "--config", str(one)], check=True, env=env, cwd=ROOT,
                    capture_output=True, timeout=600)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(29500 + os.getpid() % 1000), "-m", "ual", "train", "--config", str(two)],
+                        str(29500 + os.getpid() % 1000 + 7 * fused), "-m", "ual", "train", "--config", str(two)],
                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(a) == len(b) == 3
-    assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    assert a == pytest.approx(b, rel=1e-4 if fused else 1e-5, abs=1e-6)
     # Samples carry different eps, so equal losses also show that each eps stayed with its sample when sharded.
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
-    assert manifest["world_size"] == 2
+    assert manifest["world_size"] == 2 and manifest["loss_path"] == "logits"
+    if fused:
+        assert "more than one process" in manifest["fused_reason"]

@@ -135,6 +135,14 @@ def _fused_path(cfg: TrainConfig, model) -> tuple[bool, str]:
     """Whether the fused loss runs for this model, and why (recorded in the manifest)."""
     if not cfg.fused_loss:
         return False, "disabled by config"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # The fused path calls the decoder and the output layer itself; under DDP/FSDP that would bypass the
+        # wrapper's forward and with it the gradient synchronisation (docs/pitfalls.md). The logits path is exact.
+        import warnings
+
+        why = "more than one process: the fused loss would bypass the DDP wrapper's forward; logits path used"
+        warnings.warn(f"fused_loss: {why}", stacklevel=2)
+        return False, why
     from ual.loss import fused_loss_supported
     from ual.train.config import TOKEN_WEIGHTED_METHODS
 
