@@ -146,7 +146,8 @@ def test_judge_checks_and_labels(run):
 def test_make_all_writes_every_figure_it_has_inputs_for(run, tmp_path):
     written = plots.make_all(run, out_dir=tmp_path, n_boot=50)
     names = sorted(Path(p).stem for p in written)
-    assert names == sorted(set(plots.FIGURES) - {"score_distribution", "clustering_distribution"})
+    # no elicited scores and no token clustering in this run: those three are skipped, every other one is drawn
+    assert names == sorted(set(plots.FIGURES) - {"score_distribution", "clustering_distribution", "token_pair_pca"})
 
 
 def test_kl_reference_lines_from_the_spec(tmp_path):
@@ -156,3 +157,69 @@ def test_kl_reference_lines_from_the_spec(tmp_path):
     ref = results.kl_reference_lines(tmp_path)
     assert ref["uniform"] == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5))
     assert ref["train_draws"] == pytest.approx(0.75 * math.log(0.75 / 0.7) + 0.25 * math.log(0.25 / 0.3))
+
+
+# ----------------------------------------------------------------------------------------------- token clustering
+
+def test_class_separation_matches_dense_reference():
+    from ual.evaluate.clustering import class_separation
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(c, 1.0, size=(n, 5)) for c, n in ((0.0, 7), (1.5, 4), (-1.0, 6))])
+    y = np.repeat([10, 20, 30], [7, 4, 6])
+    got = class_separation(x, y)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    cls = [unit[y == c] for c in (10, 20, 30)]
+    within = np.mean([np.mean([1 - a @ b for a in u for b in u]) for u in cls])
+    total = np.mean([np.mean([1 - a @ b for a in u for b in v]) for u in cls for v in cls])
+    assert got["r2"] == pytest.approx(1 - within / total) and got["k"] == 3
+    means = np.stack([x[y == c].mean(0) for c in (10, 20, 30)])
+    s_b = sum(np.outer(m - means.mean(0), m - means.mean(0)) for m in means) / 3
+    s_w = sum(sum(np.outer(r - x[y == c].mean(0), r - x[y == c].mean(0)) for r in x[y == c]) / (y == c).sum()
+              for c in (10, 20, 30)) / 3
+    assert got["nc1"] == pytest.approx(np.trace(s_w @ np.linalg.pinv(s_b)) / 3)
+
+
+def test_pairwise_silhouette_saves_the_projections_it_scores():
+    from sklearn.metrics import silhouette_score
+
+    from ual.evaluate.clustering import PROJECTION_TOKENS, pairwise_silhouette
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(8), [30, 28, 26, 24, 22, 20, 18, 16])
+    feats = rng.normal(size=(len(labels), 6)) + labels[:, None] * 0.3
+    res = pairwise_silhouette(feats, labels, top_k=8)
+    assert len(res["projections"]) == PROJECTION_TOKENS * (PROJECTION_TOKENS - 1) // 2
+    sil = {(p["a"], p["b"]): p["silhouette"] for p in res["pairs"]}
+    for p in res["projections"]:  # fewer points than the cap: the saved coordinates are the scored projection
+        xy = np.array(p["xa"] + p["xb"])
+        lab = [0] * len(p["xa"]) + [1] * len(p["xb"])
+        assert silhouette_score(xy, lab) == pytest.approx(sil[(p["a"], p["b"])], abs=1e-3)
+    assert 0 < res["class_separation"]["r2"] <= 1 and res["class_separation"]["k"] == 8
+
+
+def test_token_pair_figure_draws_the_median_difference_pair(tmp_path):
+    pairs = [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3)]
+    delta = {(0, 1): 0.30, (0, 2): 0.10, (1, 2): -0.20, (0, 3): 0.05, (1, 3): 0.12}  # median 0.10 -> (0, 2)
+    for method, eps, seed in (("sft", 0.0, 1), ("ual", 0.1, 1), ("ual", 0.1, 2)):
+        name = "sft_seed1" if method == "sft" else f"ual_eps0.1_seed{seed}"
+        sil = {p: 0.4 + (delta[p] if method == "ual" else 0.0) for p in pairs}
+        rows = [{"a": a, "b": b, "silhouette": sil[(a, b)]} for a, b in pairs]
+        _write(tmp_path / "evaluate" / name / "metrics.json", {
+            "model": name, "method": method, "mean_eps": eps, "seed": seed,
+            "clustering": {"pairs": rows, "mean_silhouette": 0.4}})
+        _write(tmp_path / "evaluate" / name / "clustering.json", {
+            "pairs": rows, "tokens": [{"id": i, "text": f"t{i}"} for i in range(4)],
+            "class_separation": {"r2": 0.2, "nc1": 3.0, "k": 4},
+            "projections": [{"a": a, "b": b, "xa": [[0.0, 1.0], [0.1, 0.9]], "xb": [[1.0, 0.0], [0.9, 0.2]]}
+                            for a, b in pairs if b < 3]})  # pairs with token 3 have no saved projection
+    choice = plots.token_pair_choice(tmp_path)
+    assert (choice["a"], choice["b"]) == ("ual eps=0.1", "sft")
+    assert choice["median_difference"] == pytest.approx(0.10) and choice["pair"] == (0, 2)
+    fig = plots.token_pair_pca(tmp_path)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert any(t.startswith("sft") for t in titles) and any(t.startswith("ual eps=0.1") for t in titles)
+    assert "closest to the median" in fig._suptitle.get_text()
+    stats = bootstrap_table(tmp_path, n_boot=50)
+    r2 = [r for r in stats["groups"] if r["metric"] == "clustering.class_separation_r2"]
+    assert {r["group"] for r in r2} == {"sft", "ual eps=0.1"} and r2[0]["estimate"] == pytest.approx(0.2)

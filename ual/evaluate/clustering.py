@@ -20,6 +20,42 @@ import numpy as np
 from ual.common.batching import right_pad
 
 DEFAULT_CAP = 1000  # our choice: bounds each pair's silhouette to 2000 points
+# 2-D projections kept for the paper's scatter figure (ual.figures.plots.token_pair_pca): every pair among the
+# PROJECTION_TOKENS most frequent tokens, at most PROJECTION_POINTS points per token (seeded subsample); our choice,
+# small enough to export with the results (about 70 kB per model).
+PROJECTION_TOKENS = 6
+PROJECTION_POINTS = 150
+
+
+def class_separation(features: np.ndarray, labels: np.ndarray) -> dict:
+    """How far the classes (next tokens) separate in feature space, over all classes at once.
+
+    - ``r2``: Kornblith et al. (2021, "Why do better loss functions lead to less transferable features?") class
+      separation R^2 = 1 - d_within / d_total, with d the mean cosine distance between two features of the same
+      class (within) or of any two classes (total), classes weighted equally. With unit-normalised features and
+      class means m_k of them, d_within = 1 - mean_k |m_k|^2 and d_total = 1 - |mean_k m_k|^2 exactly. Higher =
+      more separated; they found label smoothing raises it.
+    - ``nc1``: Papyan et al. (2020) within-class variability collapse, tr(S_W S_B^+) / K on the raw features (S_W
+      the mean of the class covariances, S_B the covariance of the class means). Lower = more collapsed.
+
+    ``features`` [N, H]; ``labels`` [N]; every class needs at least one row. Returns ``{"r2", "nc1", "k"}``.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise ValueError("class separation needs at least two classes")
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    means_unit = np.stack([unit[y == c].mean(0) for c in classes])
+    d_within = 1.0 - float(np.mean(np.sum(means_unit ** 2, axis=1)))
+    d_total = 1.0 - float(np.sum(means_unit.mean(0) ** 2))
+    means = np.stack([x[y == c].mean(0) for c in classes])
+    centred = means - means.mean(0)
+    s_b = centred.T @ centred / len(classes)
+    s_w = sum(np.cov(x[y == c].T, bias=True) if (y == c).sum() > 1 else np.zeros((x.shape[1], x.shape[1]))
+              for c in classes) / len(classes)
+    nc1 = float(np.trace(s_w @ np.linalg.pinv(s_b)) / len(classes))
+    return {"r2": 1.0 - d_within / d_total, "nc1": nc1, "k": int(len(classes))}
 
 
 def collect_hidden_states(model, tokenizer, texts: Sequence[str], *, max_length: int = 512, batch_size: int = 8,
@@ -73,8 +109,12 @@ def pairwise_silhouette(features: np.ndarray, labels: np.ndarray, *, top_k: int 
 
     ``features`` [N, H] float; ``labels`` [N] int (next-token ids). Ties in frequency are broken by smaller id.
     Returns ``{"mean", "median", "n_pairs", "top_k", "k_used", "cap", "seed", "tokens": [{"id", "text", "count",
-    "n_used"}], "pairs": [{"a", "b", "text_a", "text_b", "n_a", "n_b", "silhouette"}]}``; texts are None without
-    a ``tokenizer``. ``k_used`` < ``top_k`` only when fewer labels occur at least twice.
+    "n_used"}], "pairs": [{"a", "b", "text_a", "text_b", "n_a", "n_b", "silhouette"}], "class_separation":
+    {"r2", "nc1", "k"} (:func:`class_separation` over the same rows of all chosen tokens at once), "projections":
+    [{"a", "b", "xa", "xb"}]}``: each pair's 2-D PCA coordinates (the projection its silhouette is computed in)
+    for the pairs among the :data:`PROJECTION_TOKENS` most frequent tokens, at most :data:`PROJECTION_POINTS` points
+    per token. Texts are None without a ``tokenizer``. ``k_used`` < ``top_k`` only when fewer labels occur at
+    least twice.
     """
     from sklearn.decomposition import PCA
     from sklearn.metrics import silhouette_score
@@ -101,7 +141,9 @@ def pairwise_silhouette(features: np.ndarray, labels: np.ndarray, *, top_k: int 
     def text(tid: int):
         return None if tokenizer is None else tokenizer.decode([tid])
 
-    pairs = []
+    shown = {tid for tid, _ in chosen[:PROJECTION_TOKENS]}
+    keep_rng = np.random.default_rng(seed + 1)  # which points of a shown pair are stored for the figure
+    pairs, projections = [], []
     for (a, _), (b, _) in itertools.combinations(chosen, 2):
         x = np.concatenate([features[rows[a]], features[rows[b]]])
         y = np.concatenate([np.zeros(len(rows[a]), dtype=int), np.ones(len(rows[b]), dtype=int)])
@@ -109,8 +151,16 @@ def pairwise_silhouette(features: np.ndarray, labels: np.ndarray, *, top_k: int 
         x2 = PCA(n_components=2, random_state=seed).fit_transform(x)
         pairs.append({"a": a, "b": b, "text_a": text(a), "text_b": text(b), "n_a": int(len(rows[a])),
                       "n_b": int(len(rows[b])), "silhouette": float(silhouette_score(x2, y))})
+        if a in shown and b in shown:
+            def keep(part):
+                idx = np.sort(keep_rng.choice(len(part), size=min(len(part), PROJECTION_POINTS), replace=False))
+                return np.round(part[idx], 4).tolist()
+
+            projections.append({"a": a, "b": b, "xa": keep(x2[y == 0]), "xb": keep(x2[y == 1])})
     sil = np.array([p["silhouette"] for p in pairs])
+    all_rows = np.concatenate([rows[t] for t, _ in chosen])
     return {"mean": float(sil.mean()), "median": float(np.median(sil)), "n_pairs": len(pairs), "top_k": top_k,
             "k_used": len(chosen), "cap": cap, "seed": seed,
             "tokens": [{"id": t, "text": text(t), "count": c, "n_used": int(len(rows[t]))} for t, c in chosen],
-            "pairs": pairs}
+            "pairs": pairs, "class_separation": class_separation(features[all_rows], labels[all_rows]),
+            "projections": projections}

@@ -375,6 +375,89 @@ def paired_differences(run_dir, out=None, dpi=150, max_panels: int = 16, n_boot:
     return _save(fig, out, dpi)
 
 
+def token_pair_choice(run_dir, a: str | None = None, b: str | None = None) -> dict:
+    """The token pair :func:`token_pair_pca` draws, by a stated rule: among the pairs whose 2-D projections were
+    saved (every pair of the most frequent tokens), the one whose silhouette difference between groups ``a`` and
+    ``b`` (each averaged over its seeds; default UAL at its lowest eps against SFT, else the first two groups) is
+    closest to the median difference over all pairs of the run (ties: smaller token ids). Returns ``{"a", "b",
+    "pair": (id_a, id_b), "difference", "median_difference", "differences": {pair: diff}}``."""
+    per_group: dict[str, dict[tuple, list]] = {}
+    for m in results.load_metrics(run_dir):
+        c = m.get("clustering") or {}
+        if not c.get("pairs"):
+            continue
+        g = results.method_label(m.get("method", m["model"]), m.get("mean_eps"))
+        for p in c["pairs"]:
+            per_group.setdefault(g, {}).setdefault((p["a"], p["b"]), []).append(p["silhouette"])
+    groups = results.group_order(per_group)
+    if a is None or b is None:
+        uals = [g for g in groups if results.group_method(g) == "ual"]
+        a, b = (uals[0], "sft") if uals and "sft" in per_group else (groups[-1], groups[0]) if len(groups) > 1 \
+            else (None, None)
+    if a is None:
+        raise FileNotFoundError(f"{run_dir}: token clustering of fewer than two method groups")
+    diffs = {k: float(np.mean(per_group[a][k]) - np.mean(per_group[b][k])) for k in per_group[a] if k in per_group[b]}
+    median = float(np.median(list(diffs.values())))
+    saved = set()
+    for p in Path(run_dir).glob("evaluate/*/clustering.json"):
+        saved |= {(q["a"], q["b"]) for q in results.read_json(p).get("projections", [])}
+    candidates = sorted(k for k in diffs if k in saved)
+    if not candidates:
+        raise FileNotFoundError(f"{run_dir}: no saved 2-D projections of token pairs (clustering.json before v2)")
+    pair = min(candidates, key=lambda k: (abs(diffs[k] - median), k))
+    return {"a": a, "b": b, "pair": pair, "difference": diffs[pair], "median_difference": median,
+            "differences": diffs}
+
+
+def token_pair_pca(run_dir, out=None, dpi=150, **_):
+    """The paper's token-pair figure: one token pair's final hidden states in the pair's own 2-D PCA, one panel per
+    method group (its lowest seed), for the pair chosen by :func:`token_pair_choice`; beside them, the distribution
+    of that silhouette difference over all pairs with the chosen pair marked, and each group's class separation R²
+    over all top-k tokens at once."""
+    choice = token_pair_choice(run_dir)
+    models: dict[str, dict] = {}
+    for m in sorted(results.load_metrics(run_dir), key=lambda m: (m.get("seed") or 0)):
+        g = results.method_label(m.get("method", m["model"]), m.get("mean_eps"))
+        path = Path(run_dir) / "evaluate" / m["model"] / "clustering.json"
+        if g not in models and path.exists():
+            models[g] = {"model": m["model"], **results.read_json(path)}
+    order = results.group_order(models)
+    ta, tb = choice["pair"]
+    with _style():
+        fig, axes = _grid(len(order) + 1, ncol=4, w=3.0, h=3.0)
+        for ax, g in zip(axes, order):
+            c = models[g]
+            proj = next((p for p in c.get("projections", []) if (p["a"], p["b"]) == (ta, tb)), None)
+            sil = next((p["silhouette"] for p in c["pairs"] if (p["a"], p["b"]) == (ta, tb)), math.nan)
+            if proj is None:
+                ax.text(0.5, 0.5, "no projection saved", ha="center", transform=ax.transAxes)
+                continue
+            texts = {t["id"]: t.get("text") for t in c.get("tokens", [])}
+            for pts, tid, colour in ((proj["xa"], ta, "#1f77b4"), (proj["xb"], tb, "#d62728")):
+                xy = np.array(pts)
+                ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.6, color=colour, label=repr(texts.get(tid, tid)))
+            sep = c.get("class_separation") or {}
+            ax.set_title(f"{g} ({c['model'].rsplit('_', 1)[-1]})\nsilhouette {sil:.3f}; R² (all top-k) "
+                         f"{sep.get('r2', math.nan):.3f}", fontsize=7)
+            ax.tick_params(labelsize=6)
+            ax.legend(fontsize=6, loc="best", markerscale=2)
+        ax = axes[len(order)]
+        d = np.array(list(choice["differences"].values()))
+        ax.hist(d, bins=40, color="#999999")
+        ax.axvline(choice["difference"], color="#b00000", lw=1.2, label="drawn pair")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel(f"silhouette {choice['a']} − {choice['b']}, per pair", fontsize=7)
+        ax.set_ylabel("token pairs", fontsize=7)
+        ax.set_title(f"all {len(d)} pairs (seeds averaged)", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6)
+        fig.suptitle(f"Token pair in feature space (2-D PCA of the pair's final hidden states). Pair chosen by rule: "
+                     f"among the saved pairs, the one whose {choice['a']} − {choice['b']} silhouette difference is "
+                     f"closest to the median over all pairs ({choice['median_difference']:+.4f})", fontsize=7)
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return _save(fig, out, dpi)
+
+
 SWEEP_METRICS = ("controlled.low.accuracy_flexible_pct", "controlled.low.gold_nll_per_token",
                  "controlled.high.kl_true_model", "controlled.high.validity_rate_pct", "controlled.low.ece",
                  "math.gsm8k.accuracy_flexible_pct", "math.gsm8k.gold_nll_per_token")
@@ -428,6 +511,7 @@ FIGURES = {
     "eps_sweep": eps_sweep,
     "reliability_diagram": reliability_diagram,
     "clustering_distribution": clustering_distribution,
+    "token_pair_pca": token_pair_pca,
 }
 NEEDS_STATS = ("method_comparison", "paired_differences", "eps_sweep")
 

@@ -77,4 +77,7 @@ def metrics_from_files(run_dir: str | Path, entry: dict, cfg) -> dict:
         c = read_json(out / "clustering.json")
         m["clustering"] = {"mean_silhouette": c["mean"], "median_silhouette": c["median"], "n_pairs": c["n_pairs"],
                            "pairs": c["pairs"], "probe": c.get("probe")}
+        sep = c.get("class_separation")  # absent in clustering files written before it existed
+        if sep:
+            m["clustering"].update({"class_separation_r2": sep["r2"], "nc1": sep["nc1"]})
     return m
