@@ -275,9 +275,11 @@ def dry_run(profile: ResolvedProfile) -> dict:
         plan["stages"].setdefault("data", []).append(f"{src.get('name', src.get('source', p.stem))}: {p} ({where})")
     train_variants = variants(profile.stages["train"])  # validates every TrainConfig of the grid
     plan["stages"]["train"] = [variant_name(v.method, v.mean_eps, v.seed) for v in train_variants]
-    from ual.train.estimate import estimate_training
+    from ual.data import plan as data_plan
+    from ual.train.estimate import estimate_stages
 
-    plan["estimate"] = estimate_training(profile)
+    plan["data_plan"] = data_plan(profile.stages["data"])  # sources, selection, eval and probe sets
+    plan["estimate"] = estimate_stages(profile)  # time and memory per stage on one 80 GB GPU
     for s in STAGES:
         plan["stages"].setdefault(s, "ok")
     return plan

@@ -79,3 +79,22 @@ def test_a_failing_stage_keeps_its_notebook_and_says_how_to_resume(tmp_path):
     assert "--from elicit" in str(e.value)
     m = json.loads((tmp_path / "tiny" / "manifest.json").read_text())
     assert m["stages"]["data"]["status"] == "complete" and m["stages"]["elicit"]["status"] == "failed"
+
+
+def test_a_changed_setting_on_the_same_run_id_changes_adapters_and_metrics(tiny_run):
+    """Issue 17, defect 1: the documented rerun workflow must never return the old results (runs last: it changes
+    the shared run)."""
+    import hashlib
+
+    root, run_dir = tiny_run
+
+    def digests(pattern):
+        return {p.relative_to(run_dir): hashlib.sha256(p.read_bytes()).hexdigest() for p in run_dir.glob(pattern)}
+
+    adapters, metrics = digests("train/*/adapter/adapter_model.safetensors"), digests("evaluate/*_seed*/metrics.json")
+    run(resolve_profile("tiny", ["train.learning_rate=0.05"]), runs_root=root, progress=False)
+    new_adapters, new_metrics = digests("train/*/adapter/adapter_model.safetensors"), digests("evaluate/*_seed*/metrics.json")
+    assert new_adapters.keys() == adapters.keys() and all(new_adapters[k] != adapters[k] for k in adapters)
+    assert all(new_metrics[k] != metrics[k] for k in metrics)
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["parameters"]["train"]["learning_rate"] == 0.05

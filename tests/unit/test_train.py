@@ -134,3 +134,15 @@ def test_cli_exits_2_on_bad_config(tmp_path, capsys):
 
     assert main(["train", "--set", "method=dpo", "--set", "data=x.jsonl"]) == 2
     assert "method" in capsys.readouterr().err
+
+
+def test_replacement_sampler_is_seeded_per_epoch_and_draws_with_replacement():
+    from ual.train.trainer import EpochPermutationSampler, EpochReplacementSampler
+
+    s = EpochReplacementSampler(50, seed=7)
+    first = list(s)
+    assert len(first) == 50 and len(set(first)) < 50 and list(s) == first  # repeats; same epoch, same draws
+    s.set_epoch(1)
+    assert list(s) != first
+    p = EpochPermutationSampler(50, seed=7)
+    assert sorted(p) == list(range(50))

@@ -237,19 +237,48 @@ def expected_files(cfg: EvalConfig, run_dir: str | Path, name: str, sets: dict |
     return files
 
 
+def evaluation_fingerprint(cfg: EvalConfig, run_dir: Path, entry: dict) -> str:
+    """What a model's evaluation depends on: the config, the model entry, the content of its adapter and of the
+    run's evaluation sets. Outputs under ``evaluate/<model>/`` are reused only while this matches."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), entry], sort_keys=True, default=str).encode())
+    data = run_dir / "data"
+    files = sorted(data.glob("eval_*.jsonl")) + sorted(data.glob("probe_*.jsonl")) + sorted(data.glob("*spec.json"))
+    if entry.get("adapter"):
+        files += sorted(p for p in Path(entry["adapter"]).glob("*") if p.suffix in (".safetensors", ".json"))
+    for f in files:
+        h.update(f.name.encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
 def run(cfg: EvalConfig, run_dir: str | Path, *, progress: bool = True) -> list[dict]:
-    """Evaluate every model of the run (see module doc); models whose metrics exist for this config are skipped."""
+    """Evaluate every model of the run (see module doc). A model whose outputs were made from the same config,
+    adapter and evaluation sets (:func:`evaluation_fingerprint`) is reused (missing files are topped up); one whose
+    inputs changed is evaluated again from scratch."""
+    import shutil
+
     run_dir = Path(run_dir)
     sets = eval_sets(run_dir)
     if not sets:
         raise InputError(run_dir / "data", None, "eval_*.jsonl", "the run has no evaluation sets")
     results = []
     for entry in models_to_evaluate(cfg, run_dir):
-        mpath = run_dir / "evaluate" / entry["name"] / "metrics.json"
-        if (mpath.exists() and read_json(mpath).get("config") == dataclasses.asdict(cfg)
+        out = run_dir / "evaluate" / entry["name"]
+        mpath, fpath = out / "metrics.json", out / "fingerprint.json"
+        fp = evaluation_fingerprint(cfg, run_dir, entry)
+        old = read_json(fpath).get("fingerprint") if fpath.exists() else None
+        if out.exists() and old is not None and old != fp:
+            print(f"{entry['name']}: its adapter, evaluation sets or settings changed; evaluating it again", flush=True)
+            shutil.rmtree(out)
+        if (mpath.exists() and old == fp and read_json(mpath).get("config") == dataclasses.asdict(cfg)
                 and all(p.exists() for p in expected_files(cfg, run_dir, entry["name"], sets))):
             results.append(read_json(mpath))
             continue
         print(f"evaluating {entry['name']}", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(fpath, {"fingerprint": fp, "model": entry})
         results.append(evaluate_model(entry, cfg, run_dir, progress=progress))
     return results

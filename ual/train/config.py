@@ -68,6 +68,10 @@ class TrainSettings:
     grad_accum: int = setting(64, "gradient accumulation steps (authors: 64, so 64 samples per optimizer step).")
     epochs: float = setting(10.0, "passes over the training set (authors: 10); max_steps > 0 overrides it.")
     max_steps: int = setting(-1, "optimizer steps; -1 trains for epochs.")
+    sampler: Literal["permutation", "replacement"] = setting(
+        "permutation", "order of training samples: permutation (ours: a seeded permutation per epoch, every sample once "
+        "per epoch) or replacement (authors: each sample drawn uniformly with replacement, torch.randint in their "
+        "finetune/ual.py); seeded per epoch either way, the same for any number of processes.")
     save_steps: int = setting(50, "checkpoint every this many optimizer steps (ours).")
     save_total_limit: int = setting(2, "checkpoints kept on disk (ours).")
     logging_steps: int = setting(1, "log loss, lr and eps statistics every this many optimizer steps.")

@@ -274,7 +274,8 @@ def fit(cfg: TrainConfig, *, resume: bool = True, progress: bool = True, callbac
     trainer_cls, method_kwargs = ((AVATrainer, ava.trainer_kwargs()) if ava else
                                   (UALTrainer, {"smoothing": cfg.smoothing, "loss_type": _loss_type(cfg.method)}))
     trainer = trainer_cls(model=model, args=args, train_dataset=examples, data_collator=collator, fused=fused,
-                          callbacks=[_log_callback(log_path), *(callbacks or [])], **method_kwargs)
+                          sampler=cfg.sampler, callbacks=[_log_callback(log_path), *(callbacks or [])],
+                          **method_kwargs)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     wall = time.time() - t0

@@ -37,6 +37,15 @@ class EpochPermutationSampler(torch.utils.data.Sampler):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
+class EpochReplacementSampler(EpochPermutationSampler):
+    """``n`` indices drawn uniformly with replacement per epoch, seeded with seed + epoch (the authors' sampling),
+    process-count independent for the same reason as :class:`EpochPermutationSampler`."""
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randint(self.n, (self.n,), generator=g).tolist())
+
+
 class UALLossMixin:
     """``compute_loss`` = :func:`ual.loss.smoothed_cross_entropy` with each sample's ``eps`` from the batch.
 
@@ -112,8 +121,14 @@ class UALTrainer(UALLossMixin, Trainer):
     """transformers' ``Trainer`` with the per-sample smoothed loss and a process-count-independent data order.
 
     Use with :class:`ual.train.UALCollator` and ``TrainingArguments(remove_unused_columns=False)``.
+    ``sampler``: "permutation" (default) or "replacement" (the authors' draws with replacement).
     """
+
+    def __init__(self, *args, sampler: str = "permutation", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sampler = sampler
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return EpochPermutationSampler(len(dataset), self.args.data_seed or self.args.seed)
+        cls = EpochReplacementSampler if self.sampler == "replacement" else EpochPermutationSampler
+        return cls(len(dataset), self.args.data_seed or self.args.seed)
