@@ -95,10 +95,10 @@ def stage_config(cls: type[T], namespace: dict, *, stage: str) -> T:
 def profile_path(name_or_path: str) -> Path:
     """``profiles/<name>.yaml`` for a bare name, else the path itself."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.exists():
+    if p.suffix in (".yaml", ".yml") or p.exists() or p.is_symlink():
+        if not p.exists() and not p.is_symlink():
             raise InputError(p, None, None, "profile file not found")
-        return p
+        return p  # a broken link or a link loop is reported by the guarded reader, with what is wrong
     p = PROFILES / f"{name_or_path}.yaml"
     if not p.exists():
         known = sorted(q.stem for q in PROFILES.glob("*.yaml"))

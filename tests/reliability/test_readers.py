@@ -297,9 +297,6 @@ def _loop(tmp_path: Path, name: str) -> Path:
 ])
 @pytest.mark.parametrize("kind", ["directory", "symlink loop", "non-UTF-8", "missing"])
 def test_every_cli_reader_says_what_is_wrong(argv, kind, tmp_path, capsys, request):
-    if argv[0] == "run" and kind == "symlink loop":  # strict: passes once profile_path stops using Path.exists()
-        request.applymarker(pytest.mark.xfail(strict=True, reason="ual.pipeline.profile_path checks Path.exists(), "
-                                              "False for a symlink loop: reported as 'profile file not found'"))
     suffix = ".yaml" if argv[0] in ("run", "train") else ".json"
     p = {"directory": tmp_path / "d", "symlink loop": tmp_path / "loop", "non-UTF-8": tmp_path / "latin1",
          "missing": tmp_path / "nope"}[kind].with_suffix(suffix)

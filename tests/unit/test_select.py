@@ -406,7 +406,8 @@ def test_paper_profiles_plan_the_authors_data_and_estimate_every_stage():
     assert ev["models"] == 12 and set(ev["sets"]) == {"gsm8k", "metamath", "alpaca_eval"}
     assert ev["sets"]["metamath"]["kind"] == "math" and ev["sets"]["alpaca_eval"]["kind"] == "chat"
     assert est["stages"]["elicit"]["requests"] == 12_000
-    assert dry_run(p7)["estimate"]["train_samples"] == 12_000
+    dry = dry_run(p7)
+    assert dry["estimate"]["stages"]["train"]["train_samples"] == 12_000 and dry["data_plan"]["kind"] == "mix"
 
     p13 = resolve_profile("paper-llama2-13b")
     for stage in STAGES:
