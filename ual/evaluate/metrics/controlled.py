@@ -213,6 +213,118 @@ def high_item_metrics(row: dict, spec: dict, *, line: int | None = None, path=No
     return out
 
 
+def _low_metrics(low_rows: list[tuple[int, dict]], ece_protocol: str, n_bins: int, path) -> dict:
+    """Accuracy, gold NLL and the calibration of the greedy answer's confidence over the low-entropy rows."""
+    acc = score_math([{"output": _need(r, "greedy", ln, path, str),
+                       "answer": _need(r, "answer", ln, path, (str, int, float), "a string or a number")}
+                      for ln, r in low_rows], ("strict", "flexible"), path=path,
+                     lines=[ln for ln, _ in low_rows])
+    conf, correct = [], []
+    for ln, r in low_rows:
+        ans = _need(r, "greedy_answers", ln, path, dict).get(ece_protocol)
+        lp = _need(r, "greedy_answer_logprobs", ln, path, dict).get(ece_protocol)
+        if not (ans is None or isinstance(ans, str)) or not (lp is None or _is_number(lp)):
+            raise InputError(path, ln, "greedy_answers", f"expected a string answer and a numeric log-probability "
+                             f"(or nulls) for protocol {ece_protocol!r}")
+        for k in ("gold_answer_logprob", "gold_answer_n_tokens"):
+            if r.get(k) is not None and not _is_number(r[k]):
+                raise InputError(path, ln, k, f"expected a number, got {type(r[k]).__name__}")
+        conf.append(answer_confidence(ans, lp))
+        correct.append(lp is not None and ans is not None and ans == gold_answer(r["answer"]))
+    gold_nll = [-_need(r, "gold_logprob", ln, path, _NUMBER) / _n_tokens(r, "gold_n_tokens", ln, path)
+                for ln, r in low_rows]
+    ans_nll = [-r["gold_answer_logprob"] / r["gold_answer_n_tokens"] for _, r in low_rows
+               if r.get("gold_answer_logprob") is not None and r.get("gold_answer_n_tokens")]
+    return {
+        "n_items": len(low_rows),
+        "accuracy_strict_pct": acc["protocols"]["strict"]["accuracy"],
+        "accuracy_flexible_pct": acc["protocols"]["flexible"]["accuracy"],
+        "invalid_strict_pct": acc["protocols"]["strict"]["invalid_rate"],
+        "gold_nll_per_token": _mean(gold_nll),
+        "gold_answer_nll_per_token": _mean(ans_nll),
+        "ece": expected_calibration_error(conf, correct, n_bins=n_bins),
+        "brier": brier_score(conf, correct),
+        "auroc": confidence_auroc(conf, correct),
+        "ece_protocol": ece_protocol,
+        "mean_confidence": _mean(conf),
+        "reliability_bins": reliability_bins(conf, correct, n_bins=n_bins),
+        "answer_protocol_version": acc["protocol_version"],
+    }
+
+
+def _summarise_high(ms: list[dict]) -> dict:
+    """Means over the prompts of per-prompt high-entropy metrics (a metric missing for any prompt is None)."""
+    keys = ["validity_mass", "log_validity_mass", "kl_true_model", "entropy_model", "entropy_true",
+            "reference_kl_uniform", "reference_kl_train_draws"]
+    out = {"n_prompts": len(ms)}
+    for k in keys:
+        vals = [m[k] for m in ms if m.get(k) is not None]
+        out[k] = _mean(vals) if len(vals) == len(ms) else None
+    out["validity_mass_median"] = _median([m["validity_mass"] for m in ms])
+    sampled = [m for m in ms if "n_samples" in m]
+    if sampled:
+        for k in ("validity_rate_pct", "coverage_pct", "n_distinct_valid"):
+            out[k] = _mean([m[k] for m in sampled])
+        defined = [m["sample_kl_true_model"] for m in sampled if m["sample_kl_true_model"] is not None]
+        out["sample_kl_true_model"] = _mean(defined)
+        out["sample_kl_excess"] = _mean([m["sample_kl_excess"] for m in sampled if "sample_kl_excess" in m])
+        out["n_prompts_with_valid_samples"] = len(defined)
+        out["n_samples_per_prompt"] = sampled[0]["n_samples"]
+    greedy = [m["greedy_valid"] for m in ms if "greedy_valid" in m]
+    if greedy:
+        out["greedy_validity_pct"] = 100.0 * sum(greedy) / len(greedy)
+    return out
+
+
+def _high_metrics(high_items: list[tuple[str, dict]], spec: dict) -> dict:
+    """``{"high": ..., "high_by_category": ...}`` from the per-prompt metrics, samples pooled per category."""
+    result: dict = {}
+    result["high"] = _summarise_high([m for _, m in high_items])
+    by_cat = {}
+    for c in sorted({c for c, _ in high_items}):
+        ms = [m for cc, m in high_items if cc == c]
+        by_cat[c] = _summarise_high(ms)
+        if any("valid_counts" in m for m in ms):
+            # prompts of one category share the true distribution, so their samples can be pooled
+            pooled = [sum(col) for col in zip(*(m["valid_counts"] for m in ms if "valid_counts" in m))]
+            by_cat[c]["sample_kl_pooled"] = sample_kl(spec["categories"][c]["probs"], pooled)
+    result["high_by_category"] = by_cat
+    pooled_kls = [v["sample_kl_pooled"] for v in by_cat.values() if v.get("sample_kl_pooled") is not None]
+    if any("sample_kl_pooled" in v for v in by_cat.values()):
+        result["high"]["sample_kl_pooled"] = _mean(pooled_kls)
+        result["high"]["n_categories_with_valid_samples"] = len(pooled_kls)
+    return result
+
+
+def _definitions(n_bins: int) -> dict:
+    """What each reported metric means (stored in metrics.json beside the numbers)."""
+    return {
+        "validity_mass": "sum over valid answers of p(answer + end-of-turn | prompt), canonical spelling only",
+        "kl_true_model": "KL(true || model renormalised over the valid set), nats",
+        "sample_kl_true_model": f"KL(true || (counts + {SAMPLE_KL_ALPHA}) / (valid samples + "
+                                f"{SAMPLE_KL_ALPHA} * |valid set|)), nats, per prompt; undefined (left out of "
+                                "the mean, see n_prompts_with_valid_samples) when no sample is valid",
+        "sample_kl_pooled": "the same with the valid samples of all prompts of a category pooled; mean over "
+                            "categories with a valid sample",
+        "sample_kl_excess": "sample_kl_true_model minus what a perfect sampler scores in expectation with the same "
+                            "number of valid samples (expected_sample_kl): the raw sample KL falls with the number "
+                            "of valid samples alone, the excess does not; > 0 is worse than sampling the truth",
+        "reference_kl_uniform": "KL(true || uniform over the valid set), nats, mean over the same prompts",
+        "reference_kl_train_draws": f"KL(true || training draws of the prompt's category + {SAMPLE_KL_ALPHA}), "
+                                    "nats, mean over the same prompts (benchmark version >= 2)",
+        "coverage_pct": "distinct valid answers among the samples / valid-set size, percent",
+        "answer_normalisation": NORMALISATION,
+        "ece": f"{n_bins} uniform bins; confidence = p(greedy answer tokens | prompt, greedy reasoning); no answer "
+               "read -> confidence 0, wrong",
+        "brier": "mean (confidence - correct)^2 over the low-entropy items, same confidence",
+        "auroc": "AUROC of the same confidence for right vs wrong greedy answers; null when all or none are right",
+        "gold_nll_per_token": "NLL of the whole reference solution given the prompt, nats/token (the outcome)",
+        "gold_answer_nll_per_token": "NLL of the final answer's tokens given the prompt and the reference solution "
+                                     "before them, nats/token (a manipulation check: the solution contains the "
+                                     "answer already)",
+    }
+
+
 def controlled_metrics(scored_rows: Iterable[dict], spec: dict, *, ece_protocol: str = "flexible",
                        n_bins: int = 10, path: str | Path | None = None) -> dict:
     """Benchmark metrics from saved score rows (no model needed).
@@ -245,104 +357,10 @@ def controlled_metrics(scored_rows: Iterable[dict], spec: dict, *, ece_protocol:
     result: dict = {"benchmark_version": spec.get("version"), "distribution": spec.get("distribution")}
 
     if low_rows:
-        acc = score_math([{"output": _need(r, "greedy", ln, path, str),
-                           "answer": _need(r, "answer", ln, path, (str, int, float), "a string or a number")}
-                          for ln, r in low_rows], ("strict", "flexible"), path=path,
-                         lines=[ln for ln, _ in low_rows])
-        conf, correct = [], []
-        for ln, r in low_rows:
-            ans = _need(r, "greedy_answers", ln, path, dict).get(ece_protocol)
-            lp = _need(r, "greedy_answer_logprobs", ln, path, dict).get(ece_protocol)
-            if not (ans is None or isinstance(ans, str)) or not (lp is None or _is_number(lp)):
-                raise InputError(path, ln, "greedy_answers", f"expected a string answer and a numeric log-probability "
-                                 f"(or nulls) for protocol {ece_protocol!r}")
-            for k in ("gold_answer_logprob", "gold_answer_n_tokens"):
-                if r.get(k) is not None and not _is_number(r[k]):
-                    raise InputError(path, ln, k, f"expected a number, got {type(r[k]).__name__}")
-            conf.append(answer_confidence(ans, lp))
-            correct.append(lp is not None and ans is not None and ans == gold_answer(r["answer"]))
-        gold_nll = [-_need(r, "gold_logprob", ln, path, _NUMBER) / _n_tokens(r, "gold_n_tokens", ln, path)
-                    for ln, r in low_rows]
-        ans_nll = [-r["gold_answer_logprob"] / r["gold_answer_n_tokens"] for _, r in low_rows
-                   if r.get("gold_answer_logprob") is not None and r.get("gold_answer_n_tokens")]
-        result["low"] = {
-            "n_items": len(low_rows),
-            "accuracy_strict_pct": acc["protocols"]["strict"]["accuracy"],
-            "accuracy_flexible_pct": acc["protocols"]["flexible"]["accuracy"],
-            "invalid_strict_pct": acc["protocols"]["strict"]["invalid_rate"],
-            "gold_nll_per_token": _mean(gold_nll),
-            "gold_answer_nll_per_token": _mean(ans_nll),
-            "ece": expected_calibration_error(conf, correct, n_bins=n_bins),
-            "brier": brier_score(conf, correct),
-            "auroc": confidence_auroc(conf, correct),
-            "ece_protocol": ece_protocol,
-            "mean_confidence": _mean(conf),
-            "reliability_bins": reliability_bins(conf, correct, n_bins=n_bins),
-            "answer_protocol_version": acc["protocol_version"],
-        }
-
-    def summarise(ms: list[dict]) -> dict:
-        keys = ["validity_mass", "log_validity_mass", "kl_true_model", "entropy_model", "entropy_true",
-                "reference_kl_uniform", "reference_kl_train_draws"]
-        out = {"n_prompts": len(ms)}
-        for k in keys:
-            vals = [m[k] for m in ms if m.get(k) is not None]
-            out[k] = _mean(vals) if len(vals) == len(ms) else None
-        out["validity_mass_median"] = _median([m["validity_mass"] for m in ms])
-        sampled = [m for m in ms if "n_samples" in m]
-        if sampled:
-            for k in ("validity_rate_pct", "coverage_pct", "n_distinct_valid"):
-                out[k] = _mean([m[k] for m in sampled])
-            defined = [m["sample_kl_true_model"] for m in sampled if m["sample_kl_true_model"] is not None]
-            out["sample_kl_true_model"] = _mean(defined)
-            out["sample_kl_excess"] = _mean([m["sample_kl_excess"] for m in sampled if "sample_kl_excess" in m])
-            out["n_prompts_with_valid_samples"] = len(defined)
-            out["n_samples_per_prompt"] = sampled[0]["n_samples"]
-        greedy = [m["greedy_valid"] for m in ms if "greedy_valid" in m]
-        if greedy:
-            out["greedy_validity_pct"] = 100.0 * sum(greedy) / len(greedy)
-        return out
-
+        result["low"] = _low_metrics(low_rows, ece_protocol, n_bins, path)
     if high_items:
-        result["high"] = summarise([m for _, m in high_items])
-        by_cat = {}
-        for c in sorted({c for c, _ in high_items}):
-            ms = [m for cc, m in high_items if cc == c]
-            by_cat[c] = summarise(ms)
-            if any("valid_counts" in m for m in ms):
-                # prompts of one category share the true distribution, so their samples can be pooled
-                pooled = [sum(col) for col in zip(*(m["valid_counts"] for m in ms if "valid_counts" in m))]
-                by_cat[c]["sample_kl_pooled"] = sample_kl(spec["categories"][c]["probs"], pooled)
-        result["high_by_category"] = by_cat
-        pooled_kls = [v["sample_kl_pooled"] for v in by_cat.values() if v.get("sample_kl_pooled") is not None]
-        if any("sample_kl_pooled" in v for v in by_cat.values()):
-            result["high"]["sample_kl_pooled"] = _mean(pooled_kls)
-            result["high"]["n_categories_with_valid_samples"] = len(pooled_kls)
-    result["definitions"] = {
-        "validity_mass": "sum over valid answers of p(answer + end-of-turn | prompt), canonical spelling only",
-        "kl_true_model": "KL(true || model renormalised over the valid set), nats",
-        "sample_kl_true_model": f"KL(true || (counts + {SAMPLE_KL_ALPHA}) / (valid samples + "
-                                f"{SAMPLE_KL_ALPHA} * |valid set|)), nats, per prompt; undefined (left out of "
-                                "the mean, see n_prompts_with_valid_samples) when no sample is valid",
-        "sample_kl_pooled": "the same with the valid samples of all prompts of a category pooled; mean over "
-                            "categories with a valid sample",
-        "sample_kl_excess": "sample_kl_true_model minus what a perfect sampler scores in expectation with the same "
-                            "number of valid samples (expected_sample_kl): the raw sample KL falls with the number "
-                            "of valid samples alone, the excess does not; > 0 is worse than sampling the truth",
-        "reference_kl_uniform": "KL(true || uniform over the valid set), nats, mean over the same prompts",
-        "reference_kl_train_draws": f"KL(true || training draws of the prompt's category + {SAMPLE_KL_ALPHA}), "
-                                    "nats, mean over the same prompts (benchmark version >= 2)",
-        "coverage_pct": "distinct valid answers among the samples / valid-set size, percent",
-        "answer_normalisation": NORMALISATION,
-        "ece": f"{n_bins} uniform bins; confidence = p(greedy answer tokens | prompt, greedy reasoning); no answer "
-               "read -> confidence 0, wrong",
-        "brier": "mean (confidence - correct)^2 over the low-entropy items, same confidence",
-        "auroc": "AUROC of the same confidence for right vs wrong greedy answers; null when all or none are right",
-        "gold_nll_per_token": "NLL of the whole reference solution given the prompt, nats/token (the outcome)",
-        "gold_answer_nll_per_token": "NLL of the final answer's tokens given the prompt and the reference solution "
-                                     "before them, nats/token (a manipulation check: the solution contains the "
-                                     "answer already)",
-    }
+        result.update(_high_metrics(high_items, spec))
+    result["definitions"] = _definitions(n_bins)
     return result
 
 
