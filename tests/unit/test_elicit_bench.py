@@ -31,7 +31,8 @@ def test_schedule_interleaves_full_first():
     assert sorted(id(x) for b in batches for x in b) == sorted(id(x) for x in items)  # each item exactly once
 
 
-@pytest.mark.reliability  # kill/resume; a few model passes (tens of seconds on a shared CPU)
+@pytest.mark.reliability  # kill/resume; a few model passes (about a minute alone, far more on a shared CPU)
+@pytest.mark.timeout(1800)
 def test_run_resume_promote_and_tables(tiny_model_dir, tmp_path):
     cfg = _cfg(tiny_model_dir)
     out = tmp_path / "bench"
@@ -64,6 +65,16 @@ def test_run_resume_promote_and_tables(tiny_model_dir, tmp_path):
     summary = write_results(out, tmp_path / "fig", n_boot=20)
     assert (out / "table.md").exists() and (out / "table.csv").exists() and (tmp_path / "fig" / "roc.png").exists()
     assert summary["items"]["arith"] == 3 and summary["items"]["open"] == 2
+    # two shard processes split the batches between their own files; together they cover every item once
+    sh = tmp_path / "sharded"
+    n0 = run_items(cfg, sh, progress=False, shard=(0, 2))["measured"]
+    n1 = run_items(cfg, sh, progress=False, shard=(1, 2))["measured"]
+    assert n0 + n1 == 5 and n0 > 0 and n1 > 0
+    assert sorted(p.name for p in sh.glob("items*.jsonl")) == ["items.shard0of2.jsonl", "items.shard1of2.jsonl"]
+    assert sorted(r["id"] for r in read_items(sh)) == sorted(r["id"] for r in rows)
+    assert run_items(cfg, sh, progress=False)["measured"] == 0  # a plain rerun sees both shards' rows
+    with pytest.raises(InputError, match="shard"):
+        run_items(cfg, sh, progress=False, shard=(2, 2))
     recs = analyse(latest, n_boot=20)
     fam = [r for r in recs if r["task"] == next(iter(TASKS)) and r["measure"] == "sar"][0]
     assert fam["n"] == 4 and fam["positives"] == 2 and 0 <= fam["auroc"] <= 1

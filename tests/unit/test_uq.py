@@ -21,6 +21,9 @@ def test_auroc_matches_pair_counting():
     y = rng.integers(0, 2, 60)
     s = np.round(rng.normal(size=60) + y, 1)  # rounded: ties are exercised
     assert auroc(y, s) == pytest.approx(_pairwise_auroc(y, s), abs=1e-12)
+    from sklearn.metrics import roc_auc_score
+
+    assert auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     assert auroc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0 and auroc([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4]) == 0.0
     assert np.isnan(auroc([1, 1], [0.1, 0.2]))
 

@@ -249,9 +249,18 @@ class Measurer:
         return row
 
 
-def run_items(cfg: BenchConfig, out: str | Path, *, progress: bool = True, items: Sequence[dict] | None = None
-              ) -> dict:
-    """Measure every item not yet in ``out/items.jsonl`` (appended per batch; resumable). Returns counts."""
+def _item_files(out: Path) -> list[Path]:
+    return sorted(out.glob("items*.jsonl"))
+
+
+def run_items(cfg: BenchConfig, out: str | Path, *, progress: bool = True, items: Sequence[dict] | None = None,
+              shard: tuple[int, int] = (0, 1)) -> dict:
+    """Measure every item not yet in ``out/items*.jsonl`` (appended per item as each batch finishes; resumable).
+
+    ``shard=(i, n)``: this process takes every n-th batch of the schedule, starting at batch i, and appends to
+    ``items.shard<i>of<n>.jsonl`` (``items.jsonl`` when n = 1), so n processes can share the work (one per core);
+    finished ids are read from every ``items*.jsonl``, so any mix of sharded and plain runs resumes. Returns
+    counts."""
     import torch
 
     from ual.common.io import JsonlAppender, check_writable, iter_jsonl
@@ -261,26 +270,31 @@ def run_items(cfg: BenchConfig, out: str | Path, *, progress: bool = True, items
     out.mkdir(parents=True, exist_ok=True)
     check_writable(out)
     items = build_items(cfg) if items is None else items
-    path = out / "items.jsonl"
+    i_shard, n_shard = shard
+    if not 0 <= i_shard < n_shard:
+        raise InputError(None, None, "shard", f"expected i/n with 0 <= i < n, got {i_shard}/{n_shard}")
+    path = out / ("items.jsonl" if n_shard == 1 else f"items.shard{i_shard}of{n_shard}.jsonl")
     done: dict[str, bool] = {}  # id -> the row has every measure
     old_settings = None
-    if path.exists():
-        for line, row in iter_jsonl(path, tolerate_torn=True):
+    for p in _item_files(out):
+        for line, row in iter_jsonl(p, tolerate_torn=True):
             done[row["id"]] = done.get(row["id"], False) or bool(row.get("full"))
-            old_settings = old_settings or (line, row.get("settings"))
-    # an item is done when a row of at least its tier exists (raising n_full re-measures the promoted items)
-    todo = schedule([it for it in items if not (it["record"].id in done and (done[it["record"].id] or not it["full"]))],
-                    cfg.batch_size)
-    summary = {"items": len(items), "done_before": len(items) - sum(len(b) for b in todo),
+            old_settings = old_settings or (p, line, row.get("settings"))
+    # an item is done when a row of at least its tier exists (raising n_full re-measures the promoted items). The
+    # shard split is taken on the schedule of ALL items, so it does not move as other shards finish items.
+    todo = [[it for it in b if not (it["record"].id in done and (done[it["record"].id] or not it["full"]))]
+            for b in schedule(items, cfg.batch_size)[i_shard::n_shard]]
+    todo = [b for b in todo if b]
+    summary = {"items": len(items), "done_before": sum(1 for it in items if it["record"].id in done),
                "measured": 0, "seconds": 0.0}
     if not todo:
         return summary
     torch.set_num_threads(cfg.threads)
     m = Measurer(cfg)
     settings = m.settings()
-    if old_settings and old_settings[1] != settings:
-        raise InputError(path, old_settings[0], "settings", f"rows made with {old_settings[1]!r}; this run uses "
-                         f"{settings!r}. Use another --out folder rather than mixing.")
+    if old_settings and old_settings[2] != settings:
+        raise InputError(old_settings[0], old_settings[1], "settings", f"rows made with {old_settings[2]!r}; this "
+                         f"run uses {settings!r}. Use another --out folder rather than mixing.")
     t0 = time.perf_counter()
     with JsonlAppender(path) as f, tqdm(total=len(items), initial=summary["done_before"], unit="item",
                                         desc="elicit-bench", disable=not progress, dynamic_ncols=True,
@@ -297,11 +311,13 @@ def run_items(cfg: BenchConfig, out: str | Path, *, progress: bool = True, items
 # ----------------------------------------------------------------------------------------------- analysis
 
 def read_items(path: str | Path) -> list[dict]:
-    """The latest row per id of an ``items.jsonl`` (a torn last line from a kill is skipped)."""
+    """The latest row per id of an ``items.jsonl``, or of every ``items*.jsonl`` when ``path`` is a folder (a torn
+    line from a kill is skipped; a row with every measure is never replaced by a single-pass one)."""
     from ual.common.io import iter_jsonl
 
+    path = Path(path)
     rows: dict[str, dict] = {}
-    for _, row in iter_jsonl(path, tolerate_torn=True):
+    for _, row in (x for p in (_item_files(path) if path.is_dir() else [path]) for x in iter_jsonl(p, tolerate_torn=True)):
         if not (rows.get(row["id"], {}).get("full") and not row.get("full")):  # never replace a full row
             rows[row["id"]] = row
     return list(rows.values())
@@ -335,8 +351,9 @@ def analyse(rows: Sequence[dict], *, n_boot: int = 1000, seed: int = 1337) -> li
             yy = np.array([y[i] for i in keep])
             ss = np.array([float(sel[i][measure]) for i in keep])
             rec = {"task": task, "kind": spec["kind"], "measure": measure, "n": len(keep), "positives": int(yy.sum()),
-                   **{f"{key}_per_sample": float(np.mean([sum(sel[i].get(key, {}).get(p, 0.0) for p in MEASURES[measure])
-                                                           for i in keep])) for key in ("seconds", "cpu_seconds")}}
+                   **{f"{key}_per_sample": float(np.mean([sum(sel[i][key].get(p, 0.0) for p in MEASURES[measure])
+                                                           for i in keep if key in sel[i]] or [math.nan]))
+                      for key in ("seconds", "cpu_seconds")}}
             rec["auroc"], rec["auroc_lo"], rec["auroc_hi"] = bootstrap_ci(auroc, yy, ss, n_boot=n_boot, seed=seed)
             if spec["kind"] == "uq":
                 rec["accuracy"] = float(1 - yy.mean())
@@ -362,8 +379,10 @@ def cost_table(rows: Sequence[dict], key: str = "cpu_seconds") -> dict[str, dict
     for g, rs in groups.items():
         if not rs:
             continue
-        out[g] = {m: float(np.mean([sum(r.get(key, {}).get(p, 0.0) for p in parts) for r in rs if r.get(m) is not None]))
-                  for m, parts in MEASURES.items() if any(r.get(m) is not None for r in rs)}
+        # rows without this timing (made before it was recorded) are left out, not counted as free
+        out[g] = {m: float(np.mean([sum(r[key].get(p, 0.0) for p in parts) for r in rs
+                                    if r.get(m) is not None and key in r]))
+                  for m, parts in MEASURES.items() if any(r.get(m) is not None and key in r for r in rs)}
     return out
 
 
@@ -439,9 +458,9 @@ def write_results(out: str | Path, figures: str | Path | None, *, n_boot: int = 
     from ual.common.io import atomic_write_json, atomic_write_text
 
     out = Path(out)
-    rows = read_items(out / "items.jsonl")
+    rows = read_items(out)
     if not rows:
-        raise InputError(out / "items.jsonl", None, "id", "no measured items yet")
+        raise InputError(out, None, "id", "no measured items yet (no items*.jsonl rows)")
     records = analyse(rows, n_boot=n_boot, seed=seed)
     costs = cost_table(rows)
     pd.DataFrame(records).to_csv(out / "table.csv", index=False)
@@ -461,6 +480,36 @@ def write_results(out: str | Path, figures: str | Path | None, *, n_boot: int = 
     if figures:
         summary["figure"] = str(roc_figure(rows, Path(figures) / "roc.png"))
     return summary
+
+
+def rescore_lca(path: str | Path, positive_prefix: str = "roleplay", *, n_boot: int = 1000, seed: int = 1337) -> dict:
+    """Every LCA reconstruction recomputed from a saved ``sampling`` scores file (its samples' classes, NLLs and
+    lengths and the label's class and confidence; no model runs), and each one's AUROC [95 % CI] for telling ids
+    starting with ``positive_prefix`` from the rest. Also the v1 parts (H(P), KL) and the predictive entropy."""
+    import numpy as np
+
+    from ual.elicit.lca import lca_reconstruction
+    from ual.elicit.scoring import latest_rows
+    from ual.evaluate.metrics.uq import auroc, bootstrap_ci
+
+    cols: dict[str, list[float]] = {k: [] for k in ("lca_full", "lca_pointwise", "lca_v1", "lca_entropy", "lca_kl",
+                                                    "predictive_entropy")}
+    y = []
+    for i, (line, row) in latest_rows(path).items():
+        if row.get("score") is None or "samples" not in row:
+            continue
+        smp = row["samples"]
+        q = row["label_confidence"]  # = exp(-NLL(g) / len(g)); len 1 and NLL -log q give the same confidence
+        out = lca_reconstruction([x["class"] for x in smp], [x["nll"] for x in smp], [x["len"] for x in smp],
+                                 row["label_class"], -math.log(q), 1)
+        for k in cols:
+            cols[k].append(row["predictive_entropy"] if k == "predictive_entropy" else out[k])
+        y.append(int(i.startswith(positive_prefix)))
+    res = {"file": str(path), "n": len(y), "positives": int(sum(y)), "n_boot": n_boot, "auroc": {}}
+    for k, v in cols.items():
+        est, lo, hi = bootstrap_ci(auroc, np.array(y), np.array(v), n_boot=n_boot, seed=seed)
+        res["auroc"][k] = {"estimate": est, "lo": lo, "hi": hi}
+    return res
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -487,12 +536,29 @@ def configure_elicit_bench(p) -> None:
     p.add_argument("--figures", default="figures/elicit-bench", help="where the ROC figure goes ('' = none)")
     p.add_argument("--analyse-only", action="store_true", help="only rebuild tables and figure from items.jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--rescore-lca", metavar="SCORES", help="instead: recompute every LCA variant from a saved sampling "
+                   "scores file (no model) and write its AUROC for role-play vs the rest to <out>/lca_rescore.json")
+    p.add_argument("--shard", default="0/1", metavar="I/N", help="take every N-th batch from batch I (run N "
+                   "processes, one per core; each appends to its own items.shard<I>of<N>.jsonl); 0/1 = all")
 
 
 def run_elicit_bench(args) -> int:
     cfg = load_bench_config(args.config, args.set)
+    if args.rescore_lca:
+        from ual.common.io import atomic_write_json
+
+        res = rescore_lca(args.rescore_lca, n_boot=cfg.n_boot, seed=cfg.seed)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(args.out) / "lca_rescore.json", res)
+        print(json.dumps(res, indent=1))
+        return 0
     if not args.analyse_only:
-        s = run_items(cfg, args.out, progress=not args.no_progress)
+        try:
+            shard = tuple(int(x) for x in args.shard.split("/"))
+            assert len(shard) == 2
+        except (ValueError, AssertionError):
+            raise InputError(None, None, "--shard", f"expected I/N, e.g. 0/2, got {args.shard!r}") from None
+        s = run_items(cfg, args.out, progress=not args.no_progress, shard=shard)
         print(f"elicit-bench: {s['items']} items, {s['done_before']} done before, {s['measured']} measured now "
               f"in {s['seconds']} s", file=sys.stderr)
     summary = write_results(args.out, args.figures or None, n_boot=cfg.n_boot, seed=cfg.seed)
