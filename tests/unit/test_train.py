@@ -146,3 +146,22 @@ def test_replacement_sampler_is_seeded_per_epoch_and_draws_with_replacement():
     assert list(s) != first
     p = EpochPermutationSampler(50, seed=7)
     assert sorted(p) == list(range(50))
+
+
+def test_a_huge_record_is_cut_before_tokenizing(tiny_model_dir):
+    import time
+
+    from ual.common.models import load_tokenizer
+    from ual.data.records import Record
+    from ual.train.examples import MAX_CHARS_PER_TOKEN, cut_messages, tokenize_records
+
+    msgs = [{"role": "user", "content": "a" * 10}, {"role": "assistant", "content": "b" * 20},
+            {"role": "user", "content": "c"}]
+    assert cut_messages(msgs, 15) == [msgs[0], {"role": "assistant", "content": "b" * 5}]
+    assert cut_messages(msgs, 100) == msgs
+    tok = load_tokenizer(str(tiny_model_dir))
+    huge = Record("h", "s", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x" * 20_000_000}])
+    t0 = time.perf_counter()
+    ex = tokenize_records([huge], tok, [0.1], template="chat", mask_prompt=False, max_length=32)
+    assert len(ex[0]["input_ids"]) == 32 and time.perf_counter() - t0 < 30
+    assert MAX_CHARS_PER_TOKEN * 32 < 20_000_000

@@ -85,13 +85,31 @@ def _oracle_eps(cfg, records) -> "np.ndarray":
     return np.where(high, value, 0.0)
 
 
+# A sample is cut to its first max_length tokens; text beyond max_length x this many characters cannot be among
+# them (no tokenizer in use has tokens this long on average), so it is dropped before tokenizing: one valid 50 MB
+# record would otherwise take gigabytes to tokenize only to be cut. Our bound, generous by design.
+MAX_CHARS_PER_TOKEN = 64
+
+
+def cut_messages(messages: list[dict], max_chars: int) -> list[dict]:
+    """The first ``max_chars`` characters of a conversation (later messages dropped, the last one kept cut)."""
+    out, left = [], max_chars
+    for m in messages:
+        if left <= 0:
+            break
+        content = m.get("content", "")
+        out.append({**m, "content": content[:left]} if len(content) > left else m)
+        left -= len(content)
+    return out
+
+
 def tokenize_records(records, tokenizer, eps, *, template: str, mask_prompt: bool, max_length: int) -> list[dict]:
     """Examples for the collator: ``{"input_ids": [L], "labels": [L], "eps": float, "id": str}`` per record."""
     from ual.common.formatting import build_example
 
     out = []
     for rec, e in zip(records, eps):
-        ex = build_example(rec.messages, tokenizer, template=template, mask_prompt=mask_prompt, max_length=max_length)
+        ex = build_example(cut_messages(rec.messages, max_length * MAX_CHARS_PER_TOKEN), tokenizer, template=template, mask_prompt=mask_prompt, max_length=max_length)
         if not any(l != IGNORE_INDEX for l in ex["labels"][1:]):
             raise InputError(None, None, "messages", f"record {rec.id!r} has no target token after truncation to "
                              f"{max_length} tokens")
