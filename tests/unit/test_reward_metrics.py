@@ -50,3 +50,26 @@ def test_hash_order_is_fixed_and_mixed():
     sides = [hash_order(f"pair-{i}") for i in range(200)]
     assert sides == [hash_order(f"pair-{i}") for i in range(200)]
     assert 60 < sides.count("chosen") < 140
+
+
+def test_seed_bootstrap_pairs_seeds_and_pairs():
+    from ual.evaluate.metrics.reward import seed_bootstrap
+
+    rng = np.random.default_rng(0)
+    ids = [f"p{i}" for i in range(80)]
+    first = {i: ("chosen" if rng.random() < 0.7 else "rejected") for i in ids}
+
+    def model(skill, seed):
+        r = np.random.default_rng(seed)
+        return {i: (skill + r.normal(), r.normal(), first[i]) for i in ids}
+
+    scores = {"good": {s: model(2.0, s) for s in (1, 2, 3)}, "weak": {s: model(0.2, 10 + s) for s in (1, 2, 3)}}
+    res = seed_bootstrap(scores, comparisons=[("good", "weak")], n_boot=200)
+    by = {(r["group"], r["metric"]): r for r in res["groups"]}
+    assert by["good", "pairwise_accuracy"]["estimate"] > by["weak", "pairwise_accuracy"]["estimate"]
+    for r in res["groups"]:
+        assert r["lo"] <= r["estimate"] <= r["hi"] and len(r["per_seed"]) == 3
+    diff = {r["metric"]: r for r in res["differences"]}
+    assert diff["pairwise_accuracy"]["lo"] > 0 and diff["auroc"]["p_a_better"] > 0.95
+    same = seed_bootstrap({"a": scores["good"], "b": scores["good"]}, comparisons=[("a", "b")], n_boot=50)
+    assert all(r["estimate"] == 0 and r["lo"] == 0 == r["hi"] for r in same["differences"])
