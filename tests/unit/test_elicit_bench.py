@@ -29,6 +29,12 @@ def test_schedule_interleaves_full_first():
     assert tiers == sorted(tiers, reverse=True)  # every full batch before any single-pass one
     assert [b[0]["set"] for b in batches[:3]] == ["arith", "open", "gsm8k"]
     assert sorted(id(x) for b in batches for x in b) == sorted(id(x) for x in items)  # each item exactly once
+    halves = [schedule(items, 2, (k, 2)) for k in (0, 1)]
+    assert sorted(id(x) for h in halves for b in h for x in b) == sorted(id(x) for x in items)
+    # arith's single-pass batches alternate between the shards; open's first batch goes to shard 1 and gsm8k's to
+    # shard 0 (the alternation is offset by the set's index)
+    assert [{b[0]["set"] for b in h} for h in halves] == [{"arith", "gsm8k"}, {"arith", "open"}]
+    assert [[b[0]["full"] for b in h if b[0]["set"] == "arith"] for h in halves] == [[True, False, False], [False]]
 
 
 @pytest.mark.reliability  # kill/resume; a few model passes (about a minute alone, far more on a shared CPU)

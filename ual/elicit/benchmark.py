@@ -128,15 +128,21 @@ def build_items(cfg: BenchConfig) -> list[dict]:
     return items
 
 
-def schedule(items: Sequence[dict], batch_size: int) -> list[list[dict]]:
+def schedule(items: Sequence[dict], batch_size: int, shard: tuple[int, int] = (0, 1)) -> list[list[dict]]:
     """Batches of one set and tier each: first every ``full`` batch, then the single-pass ones; within a tier the
     sets are interleaved by progress fraction (batch i of n sits at (i + 0.5)/n). So a run stopped early has every
-    measure on a proportional share of every set first (the UAL question), and the correctness tasks grow after."""
+    measure on a proportional share of every set first (the UAL question), and the correctness tasks grow after.
+
+    ``shard=(k, n)``: only the batches of shard k, batch i of a set's tier going to shard (i + the set's index in
+    :data:`SETS`) mod n, so that every set is split evenly between the shards and small sets do not all land on one
+    (the split depends on the items only, not on progress)."""
+    k_shard, n_shard = shard
     keyed = []
     for g, (s, full) in enumerate((s, f) for s in SETS for f in (True, False)):
         xs = [it for it in items if it["set"] == s and it["full"] == full]
         batches = [xs[i: i + batch_size] for i in range(0, len(xs), batch_size)]
-        keyed += [(not full, (i + 0.5) / len(batches), g, b) for i, b in enumerate(batches)]
+        keyed += [(not full, (i + 0.5) / len(batches), g, b) for i, b in enumerate(batches)
+                  if (i + SETS.index(s)) % n_shard == k_shard]
     return [t[-1] for t in sorted(keyed, key=lambda t: t[:3])]
 
 
@@ -257,7 +263,7 @@ def run_items(cfg: BenchConfig, out: str | Path, *, progress: bool = True, items
               shard: tuple[int, int] = (0, 1)) -> dict:
     """Measure every item not yet in ``out/items*.jsonl`` (appended per item as each batch finishes; resumable).
 
-    ``shard=(i, n)``: this process takes every n-th batch of the schedule, starting at batch i, and appends to
+    ``shard=(i, n)``: this process takes shard i of n of the schedule (:func:`schedule`) and appends to
     ``items.shard<i>of<n>.jsonl`` (``items.jsonl`` when n = 1), so n processes can share the work (one per core);
     finished ids are read from every ``items*.jsonl``, so any mix of sharded and plain runs resumes. Returns
     counts."""
@@ -281,9 +287,9 @@ def run_items(cfg: BenchConfig, out: str | Path, *, progress: bool = True, items
             done[row["id"]] = done.get(row["id"], False) or bool(row.get("full"))
             old_settings = old_settings or (p, line, row.get("settings"))
     # an item is done when a row of at least its tier exists (raising n_full re-measures the promoted items). The
-    # shard split is taken on the schedule of ALL items, so it does not move as other shards finish items.
+    # shard split is taken on ALL items, so it does not move as other shards finish items.
     todo = [[it for it in b if not (it["record"].id in done and (done[it["record"].id] or not it["full"]))]
-            for b in schedule(items, cfg.batch_size)[i_shard::n_shard]]
+            for b in schedule(items, cfg.batch_size, shard)]
     todo = [b for b in todo if b]
     summary = {"items": len(items), "done_before": sum(1 for it in items if it["record"].id in done),
                "measured": 0, "seconds": 0.0}
@@ -538,8 +544,9 @@ def configure_elicit_bench(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--rescore-lca", metavar="SCORES", help="instead: recompute every LCA variant from a saved sampling "
                    "scores file (no model) and write its AUROC for role-play vs the rest to <out>/lca_rescore.json")
-    p.add_argument("--shard", default="0/1", metavar="I/N", help="take every N-th batch from batch I (run N "
-                   "processes, one per core; each appends to its own items.shard<I>of<N>.jsonl); 0/1 = all")
+    p.add_argument("--shard", default="0/1", metavar="I/N", help="take shard I of N of the batches, every set split "
+                   "evenly (run N processes, one per core; each appends to its own items.shard<I>of<N>.jsonl); "
+                   "0/1 = all")
 
 
 def run_elicit_bench(args) -> int:
