@@ -289,3 +289,6 @@ def test_default_comparisons_cover_controls_and_peers():
     for pair in [("ual eps=0.2", "ls eps=0.2"), ("oracle eps=0.2", "ls eps=0.2"), ("oracle eps=0.2", "ual eps=0.2"),
                  ("ual eps=0.2", "shuffled eps=0.2"), ("dft", "sft"), ("eaft", "sft"), ("ual eps=0.2", "dft")]:
         assert pair in comps
+    with_sweep = default_comparisons(groups + ["ual eps=0.1"], {g: 3 for g in groups} | {"ual eps=0.1": 1})
+    assert ("ual eps=0.1", "sft") in with_sweep and ("ual eps=0.1", "dft") not in with_sweep  # a sweep point
+    assert ("ual eps=0.2", "eaft") in with_sweep

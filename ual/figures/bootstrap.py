@@ -328,11 +328,16 @@ def _t_interval(diffs: list[float], level: float) -> tuple[float, float]:
     return float(x.mean() - half), float(x.mean() + half)
 
 
-def default_comparisons(groups: list[str]) -> list[tuple[str, str]]:
+def default_comparisons(groups: list[str], n_seeds: dict[str, int] | None = None) -> list[tuple[str, str]]:
     """The differences reported: UAL at each eps against SFT and LS at the same eps, LS against SFT; then the
     controls (oracle against LS and UAL, UAL against shuffled, at the same eps) and the token-weighted peers (dft,
-    eaft against SFT, and UAL against each), where present."""
+    eaft against SFT, and UAL against each), where present. With ``n_seeds`` (seeds per group), the peers are
+    compared with the UAL groups that have the most seeds only (not with one-seed sweep points)."""
     present = set(groups)
+    uals = [g for g in groups if group_method(g) == "ual"]
+    if n_seeds and uals:
+        most = max(n_seeds.get(g, 0) for g in uals)
+        uals = [g for g in uals if n_seeds.get(g, 0) == most]
     out = []
     for g in groups:
         if group_method(g) == "ual":
@@ -348,7 +353,7 @@ def default_comparisons(groups: list[str]) -> list[tuple[str, str]]:
     for peer in ("dft", "eaft"):
         if peer in present:
             out += [(peer, "sft")] if "sft" in present else []
-            out += [(g, peer) for g in groups if group_method(g) == "ual"]
+            out += [(g, peer) for g in uals]
     return out
 
 
@@ -394,8 +399,8 @@ def bootstrap_table(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 1337
     per_model = item_metrics(run_dir)
     groups, seed_of = _groups(run_dir, per_model)
     order = group_order(groups)
-    comps = default_comparisons(order) if comparisons is None else comparisons
     n_seeds = {g: len(groups[g]) for g in order}
+    comps = default_comparisons(order, n_seeds) if comparisons is None else comparisons
     prim = primary_comparisons(order, n_seeds) if primary is None else primary
     keys = list(dict.fromkeys(k for ms in per_model.values() for k in ms))
     out_groups, out_diffs, draws = [], [], {}
