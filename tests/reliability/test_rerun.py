@@ -62,3 +62,10 @@ def test_killed_after_the_last_checkpoint_finishes_without_an_extra_step(cfg, tm
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "complete" and m["global_step"] == 2
     assert _sha(out / "adapter" / "adapter_model.safetensors") == final
+
+
+def test_a_setting_left_at_its_default_does_not_enter_the_fingerprint(cfg):
+    from ual.train.fitting import inputs_fingerprint
+
+    assert inputs_fingerprint(cfg) == inputs_fingerprint(dataclasses.replace(cfg, sampler="permutation"))
+    assert inputs_fingerprint(cfg) != inputs_fingerprint(dataclasses.replace(cfg, sampler="replacement"))

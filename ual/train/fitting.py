@@ -300,8 +300,13 @@ def inputs_fingerprint(cfg: TrainConfig) -> str:
 
     from ual.common.paths import resolve_data_path
 
-    conf = config_to_dict(cfg)
-    conf.pop("output_dir", None)
+    import dataclasses
+
+    # Only settings that differ from their defaults enter: a field added in a later version (at its default) does
+    # not restart every finished variant. A changed default is recorded by the ual version in the manifest.
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cfg)}
+    conf = {k: v for k, v in config_to_dict(cfg).items() if k != "output_dir" and v != defaults.get(k)}
     files = {"data": _sha256(cfg.data)}
     if cfg.scores and Path(cfg.scores).is_file():
         files["scores"] = _sha256(cfg.scores)
