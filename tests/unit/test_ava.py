@@ -111,6 +111,23 @@ def test_load_trained_restores_the_reward_head(trained, controlled_data):
     torch.testing.assert_close(torch.tensor(r1), torch.tensor(r2), rtol=1e-4, atol=1e-5)  # padding-independent
 
 
+def test_load_trained_without_a_tokenizer_copy_uses_the_base_models(trained, tmp_path):
+    import shutil
+
+    from ual.train.ava import load_trained
+
+    slim = tmp_path / "slim"
+    shutil.copytree(trained["bt_rm"].output_dir, slim)
+    for f in (slim / "adapter").iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            f.unlink()
+    model, tok, _ = load_trained(slim)
+    full_model, full_tok, _ = load_trained(trained["bt_rm"].output_dir)
+    assert tok("a test sentence")["input_ids"] == full_tok("a test sentence")["input_ids"]
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(model(ids).logits, full_model(ids).logits)
+
+
 def test_non_ava_folder_is_refused(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"status": "complete", "config": {"method": "sft"}}))
     from ual.train.ava import load_trained

@@ -369,7 +369,10 @@ def load_trained(train_dir: str | Path, *, dtype: str = "float32"):
     attach_reward_head(base)
     with quiet_peft_warnings():
         model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    tok = AutoTokenizer.from_pretrained(str(adapter))
+    # fit saves the tokenizer beside the adapter; a folder slimmed for distribution (results/ava/reward_models)
+    # may leave it out, and then the base model's tokenizer is the same one
+    has_tok = any((adapter / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    tok = AutoTokenizer.from_pretrained(str(adapter) if has_tok else resolve(cfg["model"]))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.eval()
