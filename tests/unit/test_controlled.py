@@ -254,6 +254,25 @@ def test_score_controlled_end_to_end_and_resume(tmp_path):
     assert [high[0]["valid_logprobs"][it] for it in items] == pytest.approx([s for s, _ in ref], abs=1e-4)
     low = [r for r in rows if r["family"] == "low"]
     assert low[0]["gold_logprob"] < 0 and low[0]["gold_n_tokens"] > 5
+    # the shared forward pass gives what separate calls give: whole solution, gold answer span, greedy answer spans
+    from ual.evaluate.likelihood import answer_logprobs, final_answer_text
+    from ual.evaluate.metrics.answers import answer_as_written
+
+    lrecs = [next(r for r in evals if r.id == row["id"]) for row in low]
+    msgs = [r.messages for r in lrecs]
+    sol = continuation_logprobs(*pair, msgs, [r.response for r in lrecs], template="chat")
+    ans = answer_logprobs(*pair, msgs, [r.response for r in lrecs], [final_answer_text(r.response) for r in lrecs],
+                          template="chat")
+    assert [row["gold_logprob"] for row in low] == pytest.approx([v for v, _ in sol], abs=1e-4)
+    assert [row["gold_n_tokens"] for row in low] == [n for _, n in sol]
+    assert all(a is not None for a in ans)
+    assert [row["gold_answer_logprob"] for row in low] == pytest.approx([v for v, _ in ans], abs=1e-4)
+    assert [row["gold_answer_n_tokens"] for row in low] == [n for _, n in ans]
+    for proto in ("strict", "flexible"):
+        own = answer_logprobs(*pair, msgs, [row["greedy"] for row in low],
+                              [answer_as_written(row["greedy"], proto) for row in low], template="chat")
+        assert [row["greedy_answer_logprobs"][proto] for row in low] == pytest.approx(
+            [None if o is None else o[0] for o in own], abs=1e-4)
     # a random model spreads its mass: validity is tiny but the renormalised KL is finite
     m = controlled_metrics_file(path, tmp_path / "data" / "spec.json")
     assert 0 < m["high"]["validity_mass"] < 1 and math.isfinite(m["high"]["kl_true_model"])

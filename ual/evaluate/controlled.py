@@ -31,8 +31,8 @@ def score_controlled(model: Any, eval_records: Sequence[Record], spec: dict, out
 
     from ual.evaluate.metrics.answers import answer_as_written, extract_answer
     from ual.evaluate.generate import generate, resolve_model
-    from ual.evaluate.likelihood import (answer_logprobs, answer_set_logprobs, continuation_logprobs,
-                                         final_answer_text)
+    from ual.evaluate.likelihood import (answer_set_logprobs, answer_span_logprobs, final_answer_text,
+                                         token_logprobs)
 
     out_dir = Path(out_dir)
     fams = {r.id: family(r, spec) for r in eval_records}
@@ -73,15 +73,18 @@ def score_controlled(model: Any, eval_records: Sequence[Record], spec: dict, out
                     scored.update({(r.id, it): v for it, v in zip(items, lps)})
             lows = [r for r in chunk if fams[r.id] == "low"]
             if lows:
-                gold = continuation_logprobs(mdl, tok, [r.messages for r in lows], [r.response for r in lows],
-                                             template=template, batch_size=batch_size)
-                gold_ans = answer_logprobs(mdl, tok, [r.messages for r in lows], [r.response for r in lows],
-                                           [final_answer_text(r.response) for r in lows], template=template,
-                                           batch_size=batch_size)
+                # one forward pass per response: the whole gold solution and its answer span come from the same
+                # scores, as do the greedy answer's spans under both protocols
+                msgs = [r.messages for r in lows]
+                gold_scored = token_logprobs(mdl, tok, msgs, [r.response for r in lows], template=template,
+                                             batch_size=batch_size)
+                gold = [(float(sum(lp)), len(lp)) for _, lp in gold_scored]
+                gold_ans = answer_span_logprobs(tok, gold_scored, [final_answer_text(r.response) for r in lows])
                 protos = ("strict", "flexible")
                 written = {p: [answer_as_written(gen[r.id]["output"], p) for r in lows] for p in protos}
-                own = {p: answer_logprobs(mdl, tok, [r.messages for r in lows], [gen[r.id]["output"] for r in lows],
-                                          written[p], template=template, batch_size=batch_size) for p in protos}
+                own_scored = token_logprobs(mdl, tok, msgs, [gen[r.id]["output"] for r in lows], template=template,
+                                            batch_size=batch_size)
+                own = {p: answer_span_logprobs(tok, own_scored, written[p]) for p in protos}
             li = 0
             for r in chunk:
                 g = gen[r.id]

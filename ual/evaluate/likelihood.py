@@ -169,6 +169,16 @@ def answer_logprobs(model, tokenizer, messages_list: Sequence[Sequence[dict]], r
     """
     scored = token_logprobs(model, tokenizer, messages_list, responses, template=template, batch_size=batch_size,
                             progress=progress)
+    return answer_span_logprobs(tokenizer, scored, answer_texts)
+
+
+def answer_span_logprobs(tokenizer, scored: Sequence[tuple[list[int], list[float]]],
+                         answer_texts: Sequence[str | None]) -> list[tuple[float, int] | None]:
+    """:func:`answer_logprobs` from responses already scored by :func:`token_logprobs` (``scored``), so that
+    several answers of one response (the gold answer beside the whole solution, or two extraction protocols) cost
+    one forward pass."""
+    if len(scored) != len(answer_texts):
+        raise ValueError(f"{len(scored)} scored responses but {len(answer_texts)} answer texts")
     out: list[tuple[float, int] | None] = []
     for (ids, lps), ans in zip(scored, answer_texts):
         if ans is None:
