@@ -29,10 +29,7 @@ def score_controlled(model: Any, eval_records: Sequence[Record], spec: dict, out
     """
     from tqdm.auto import tqdm
 
-    from ual.evaluate.metrics.answers import answer_as_written, extract_answer
     from ual.evaluate.generate import generate, resolve_model
-    from ual.evaluate.likelihood import (answer_set_logprobs, answer_span_logprobs, final_answer_text,
-                                         token_logprobs)
 
     out_dir = Path(out_dir)
     fams = {r.id: family(r, spec) for r in eval_records}
@@ -64,48 +61,65 @@ def score_controlled(model: Any, eval_records: Sequence[Record], spec: dict, out
     with JsonlAppender(path) as out:
         for start in range(0, len(todo), items_per_chunk):
             chunk = todo[start:start + items_per_chunk]
-            scored = {}
+            high_lps = _score_high_items(mdl, tok, [r for r in chunk if fams[r.id] == "high"], spec,
+                                         template=template, answer_batch_size=answer_batch_size)
+            low_scores = _score_low_items(mdl, tok, [r for r in chunk if fams[r.id] == "low"], gen,
+                                          template=template, batch_size=batch_size)
             for r in chunk:
-                if fams[r.id] == "high":
-                    items = spec["categories"][r.category]["items"]
-                    lps = answer_set_logprobs(mdl, tok, r.messages, items, template=template,
-                                              batch_size=answer_batch_size)
-                    scored.update({(r.id, it): v for it, v in zip(items, lps)})
-            lows = [r for r in chunk if fams[r.id] == "low"]
-            if lows:
-                # one forward pass per response: the whole gold solution and its answer span come from the same
-                # scores, as do the greedy answer's spans under both protocols
-                msgs = [r.messages for r in lows]
-                gold_scored = token_logprobs(mdl, tok, msgs, [r.response for r in lows], template=template,
-                                             batch_size=batch_size)
-                gold = [(float(sum(lp)), len(lp)) for _, lp in gold_scored]
-                gold_ans = answer_span_logprobs(tok, gold_scored, [final_answer_text(r.response) for r in lows])
-                protos = ("strict", "flexible")
-                written = {p: [answer_as_written(gen[r.id]["output"], p) for r in lows] for p in protos}
-                own_scored = token_logprobs(mdl, tok, msgs, [gen[r.id]["output"] for r in lows], template=template,
-                                            batch_size=batch_size)
-                own = {p: answer_span_logprobs(tok, own_scored, written[p]) for p in protos}
-            li = 0
-            for r in chunk:
-                g = gen[r.id]
                 row = {"id": r.id, "family": fams[r.id], "category": r.category, "source": r.source,
-                       "greedy": g["output"], "greedy_finished": g["finished"]}
+                       "greedy": gen[r.id]["output"], "greedy_finished": gen[r.id]["finished"]}
                 if fams[r.id] == "high":
-                    items = spec["categories"][r.category]["items"]
-                    row["valid_logprobs"] = {it: scored[(r.id, it)][0] for it in items}
-                    row["valid_n_tokens"] = {it: scored[(r.id, it)][1] for it in items}
+                    row.update(high_lps[r.id])
                     if samples:
                         row["samples"] = smp[r.id]["output"] if k_samples > 1 else [smp[r.id]["output"]]
                 else:
-                    row["answer"] = r.answer
-                    row["gold_logprob"], row["gold_n_tokens"] = gold[li]
-                    row["gold_answer_logprob"], row["gold_answer_n_tokens"] = gold_ans[li] or (None, 0)
-                    row["greedy_answers"] = {p: extract_answer(g["output"], p) for p in protos}
-                    row["greedy_answer_logprobs"] = {p: None if own[p][li] is None else own[p][li][0]
-                                                     for p in protos}
-                    li += 1
+                    row.update(low_scores[r.id])
                 row["settings"] = settings
                 out.write(row)
             bar.update(len(chunk))
     bar.close()
     return path
+
+
+def _score_high_items(model, tokenizer, records: Sequence[Record], spec: dict, *, template: str,
+                      answer_batch_size: int) -> dict[str, dict]:
+    """Per open prompt: the log-probability and token count of every valid answer of its category."""
+    from ual.evaluate.likelihood import answer_set_logprobs
+
+    out = {}
+    for r in records:
+        items = spec["categories"][r.category]["items"]
+        lps = answer_set_logprobs(model, tokenizer, r.messages, items, template=template,
+                                  batch_size=answer_batch_size)
+        out[r.id] = {"valid_logprobs": {it: v[0] for it, v in zip(items, lps)},
+                     "valid_n_tokens": {it: v[1] for it, v in zip(items, lps)}}
+    return out
+
+
+def _score_low_items(model, tokenizer, records: Sequence[Record], gen: dict[str, dict], *, template: str,
+                     batch_size: int) -> dict[str, dict]:
+    """Per arithmetic item: the whole gold solution's log-probability, its answer span's, and the greedy answer's
+    under both extraction protocols. One forward pass per response: the solution and its answer span come from the
+    same scores, as do the greedy answer's spans under both protocols."""
+    from ual.evaluate.likelihood import answer_span_logprobs, final_answer_text, token_logprobs
+    from ual.evaluate.metrics.answers import answer_as_written, extract_answer
+
+    if not records:
+        return {}
+    msgs = [r.messages for r in records]
+    gold_scored = token_logprobs(model, tokenizer, msgs, [r.response for r in records], template=template,
+                                 batch_size=batch_size)
+    gold_ans = answer_span_logprobs(tokenizer, gold_scored, [final_answer_text(r.response) for r in records])
+    protos = ("strict", "flexible")
+    outputs = [gen[r.id]["output"] for r in records]
+    own_scored = token_logprobs(model, tokenizer, msgs, outputs, template=template, batch_size=batch_size)
+    own = {p: answer_span_logprobs(tokenizer, own_scored, [answer_as_written(o, p) for o in outputs])
+           for p in protos}
+    out = {}
+    for i, (r, (_, lp)) in enumerate(zip(records, gold_scored)):
+        ga = gold_ans[i] or (None, 0)
+        out[r.id] = {"answer": r.answer, "gold_logprob": float(sum(lp)), "gold_n_tokens": len(lp),
+                     "gold_answer_logprob": ga[0], "gold_answer_n_tokens": ga[1],
+                     "greedy_answers": {p: extract_answer(outputs[i], p) for p in protos},
+                     "greedy_answer_logprobs": {p: None if own[p][i] is None else own[p][i][0] for p in protos}}
+    return out
