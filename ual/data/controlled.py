@@ -192,60 +192,12 @@ def make_dataset(n_train_low: int, n_train_high: int, n_eval_low: int, n_eval_hi
         raise InputError(None, None, "n_eval_high", f"at most {max_high} distinct held-out prompts exist, "
                          f"got {n_eval_high}")
     probs = {c: true_distribution(c, distribution, seed) for c in cats}
-    eval_items: dict[str, dict] = {}
-
-    def user(text):
-        return {"role": "user", "content": text}
-
-    def assistant(text):
-        return {"role": "assistant", "content": text}
-
-    train: list[Record] = []
-    rng = random.Random(f"{seed}-train-low")
-    for i in range(n_train_low):
-        tpl = rng.choice(LOW_TEMPLATES["train"])
-        q, sol, ans = _low_problem(tpl, rng)
-        train.append(Record(f"ctl-train-low-{i:05d}", LOW_SOURCE, [user(q), assistant(sol)], str(ans), LOW_CATEGORY))
-    rng = random.Random(f"{seed}-train-high")
-    order = [cats[i % len(cats)] for i in range(n_train_high)]  # balanced categories
-    rng.shuffle(order)
-    train_counts = {c: [0] * len(CATEGORIES[c]["items"]) for c in cats}
-    for i, cat in enumerate(order):
-        tpl = rng.choice(HIGH_TEMPLATES["train"])
-        item = rng.choices(CATEGORIES[cat]["items"], weights=probs[cat])[0]
-        train_counts[cat][CATEGORIES[cat]["items"].index(item)] += 1
-        train.append(Record(f"ctl-train-high-{i:05d}", HIGH_SOURCE,
-                            [user(tpl.format(x=CATEGORIES[cat]["phrase"])), assistant(item)], None, cat))
+    train_low = _train_low(n_train_low, seed)
+    train_high, train_counts = _train_high(n_train_high, probs, seed)
+    train = train_low + train_high
     random.Random(f"{seed}-train-order").shuffle(train)
-
-    evals: list[Record] = []
-    rng = random.Random(f"{seed}-eval-low")
-    seen: set[str] = set()
-    i = 0
-    while i < n_eval_low:
-        tpl = LOW_TEMPLATES["heldout"][i % len(LOW_TEMPLATES["heldout"])]
-        q, sol, ans = _low_problem(tpl, rng)
-        if q in seen:  # distinct eval problems; the space is far larger than any eval set
-            continue
-        seen.add(q)
-        rid = f"ctl-eval-low-{i:05d}"
-        evals.append(Record(rid, LOW_SOURCE, [user(q), assistant(sol)], str(ans), LOW_CATEGORY))
-        eval_items[rid] = {"family": "low", "category": LOW_CATEGORY, "template": tpl["id"]}
-        i += 1
-    rng = random.Random(f"{seed}-eval-high")
-    shuffled = cats[:]
-    rng.shuffle(shuffled)
-    combos = [(t, c) for t in range(len(HIGH_TEMPLATES["heldout"])) for c in shuffled]
-    for i, (t, cat) in enumerate(combos[:n_eval_high]):
-        tpl = HIGH_TEMPLATES["heldout"][t]
-        rid = f"ctl-eval-high-{i:05d}"
-        # The reference response of an eval item is one draw too, so eval files have the same shape as training
-        # files (metrics never use it: they score the whole valid set).
-        item = rng.choices(CATEGORIES[cat]["items"], weights=probs[cat])[0]
-        evals.append(Record(rid, HIGH_SOURCE, [user(tpl.format(x=CATEGORIES[cat]["phrase"])), assistant(item)],
-                            None, cat))
-        eval_items[rid] = {"family": "high", "category": cat, "template": tpl}
-
+    eval_low, items_low = _eval_low(n_eval_low, seed)
+    eval_high, items_high = _eval_high(n_eval_high, probs, seed)
     spec = {
         "benchmark": "ual-controlled", "version": BENCHMARK_VERSION, "seed": seed, "distribution": distribution,
         "zipf_exponent": ZIPF_EXPONENT if distribution == "zipf" else None,
@@ -258,9 +210,85 @@ def make_dataset(n_train_low: int, n_train_high: int, n_eval_low: int, n_eval_hi
         "train_answer_counts": train_counts,
         "answer_normalisation": NORMALISATION,
         "sample_kl_alpha": SAMPLE_KL_ALPHA,
-        "eval_items": eval_items,
+        "eval_items": {**items_low, **items_high},
     }
-    return train, evals, spec
+    return train, eval_low + eval_high, spec
+
+
+def _user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def _assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def _train_low(n: int, seed: int) -> list[Record]:
+    """``n`` arithmetic training items on the train templates (their own seeded stream)."""
+    rng = random.Random(f"{seed}-train-low")
+    out = []
+    for i in range(n):
+        tpl = rng.choice(LOW_TEMPLATES["train"])
+        q, sol, ans = _low_problem(tpl, rng)
+        out.append(Record(f"ctl-train-low-{i:05d}", LOW_SOURCE, [_user(q), _assistant(sol)], str(ans), LOW_CATEGORY))
+    return out
+
+
+def _train_high(n: int, probs: dict[str, list[float]], seed: int) -> tuple[list[Record], dict[str, list[int]]]:
+    """``n`` open-prompt training items, categories balanced, each answer one draw from the category's true
+    distribution; and how often each answer was drawn."""
+    cats = list(CATEGORIES)
+    rng = random.Random(f"{seed}-train-high")
+    order = [cats[i % len(cats)] for i in range(n)]
+    rng.shuffle(order)
+    counts = {c: [0] * len(CATEGORIES[c]["items"]) for c in cats}
+    out = []
+    for i, cat in enumerate(order):
+        tpl = rng.choice(HIGH_TEMPLATES["train"])
+        item = rng.choices(CATEGORIES[cat]["items"], weights=probs[cat])[0]
+        counts[cat][CATEGORIES[cat]["items"].index(item)] += 1
+        out.append(Record(f"ctl-train-high-{i:05d}", HIGH_SOURCE,
+                          [_user(tpl.format(x=CATEGORIES[cat]["phrase"])), _assistant(item)], None, cat))
+    return out, counts
+
+
+def _eval_low(n: int, seed: int) -> tuple[list[Record], dict[str, dict]]:
+    """``n`` distinct arithmetic problems on the held-out templates (cycled), with their spec entries."""
+    rng = random.Random(f"{seed}-eval-low")
+    seen: set[str] = set()
+    out, items = [], {}
+    i = 0
+    while i < n:
+        tpl = LOW_TEMPLATES["heldout"][i % len(LOW_TEMPLATES["heldout"])]
+        q, sol, ans = _low_problem(tpl, rng)
+        if q in seen:  # distinct eval problems; the space is far larger than any eval set
+            continue
+        seen.add(q)
+        rid = f"ctl-eval-low-{i:05d}"
+        out.append(Record(rid, LOW_SOURCE, [_user(q), _assistant(sol)], str(ans), LOW_CATEGORY))
+        items[rid] = {"family": "low", "category": LOW_CATEGORY, "template": tpl["id"]}
+        i += 1
+    return out, items
+
+
+def _eval_high(n: int, probs: dict[str, list[float]], seed: int) -> tuple[list[Record], dict[str, dict]]:
+    """``n`` distinct (held-out template, category) open prompts, templates outer so categories spread."""
+    cats = list(CATEGORIES)
+    rng = random.Random(f"{seed}-eval-high")
+    shuffled = cats[:]
+    rng.shuffle(shuffled)
+    combos = [(t, c) for t in range(len(HIGH_TEMPLATES["heldout"])) for c in shuffled]
+    out, items = [], {}
+    for i, (t, cat) in enumerate(combos[:n]):
+        tpl = HIGH_TEMPLATES["heldout"][t]
+        rid = f"ctl-eval-high-{i:05d}"
+        # The reference response of an eval item is one draw too, so eval files have the same shape as training
+        # files (metrics never use it: they score the whole valid set).
+        item = rng.choices(CATEGORIES[cat]["items"], weights=probs[cat])[0]
+        out.append(Record(rid, HIGH_SOURCE, [_user(tpl.format(x=CATEGORIES[cat]["phrase"])), _assistant(item)],
+                          None, cat))
+        items[rid] = {"family": "high", "category": cat, "template": tpl}
+    return out, items
 
 
 def save_dataset(directory: str | Path, train: Sequence[Record], evals: Sequence[Record], spec: dict) -> Path:
