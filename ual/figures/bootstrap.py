@@ -415,57 +415,13 @@ def bootstrap_table(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 1337
         all_seeds = sorted({seed_of[n] for n in having if seed_of[n] is not None})
         seed_draw = rng.integers(0, max(len(all_seeds), 1), size=(n_boot, max(len(all_seeds), 1)))
         full = np.arange(len(items))
-        data, boots, pooled, names_of = {}, {}, {}, {}
-        for g in order:
-            names = [n for n in groups[g] if key in per_model[n]]
-            if not names:
-                continue
-            names_of[g] = names
-            if proto.kind in ("ece", "auroc"):
-                pairs = [[per_model[n][key].values[i] for i in items] for n in names]
-                data[g] = (np.array([[c for c, _ in row] for row in pairs], float),
-                           np.array([[float(k) for _, k in row] for row in pairs], float))
-            else:
-                data[g] = np.array([[per_model[n][key].values[i] for i in items] for n in names], float)
-            own = [seed_of[n] for n in names]
-            if len(names) > 1 and sorted(own) == all_seeds:
-                # the shared seed draw: a resampled seed brings this group's model of that seed
-                rows = np.array([own.index(s) for s in all_seeds])[seed_draw]
-            else:  # a group without the shared seeds (base, a one-seed sweep point) resamples its own models
-                rows = rng.integers(0, len(names), size=(n_boot, len(names)))
-            boots[g] = _boot(proto.kind, data[g], rows, idx)
-            pooled[g] = _boot(proto.kind, data[g], np.tile(np.arange(len(names)), (n_boot, 1)), idx)
-            lo, hi = _percentiles(boots[g], level)
-            plo, phi = _percentiles(pooled[g], level)
-            out_groups.append({
-                "metric": key, "label": proto.label, "higher_is_better": proto.higher_is_better, "group": g,
-                "estimate": _pooled_stat(proto.kind, data[g], np.arange(len(names)), full), "lo": lo, "hi": hi,
-                "lo_pooled": plo, "hi_pooled": phi,
-                "per_seed": {str(seed_of[n]): _pooled_stat(proto.kind, data[g], np.array([k]), full)
-                             for k, n in enumerate(names)},
-                "n_items": len(items), "n_seeds": len(names)})
+        rows, data, boots, pooled, names_of = _group_resamples(
+            key, proto, per_model, groups, order, seed_of, items, all_seeds, idx, seed_draw, rng, n_boot, level)
+        out_groups += rows
         for a, b in comps:
             if a not in data or b not in data:
                 continue
-            d, dp = boots[a] - boots[b], pooled[a] - pooled[b]
-            lo, hi = _percentiles(d, level)
-            plo, phi = _percentiles(dp, level)
-            pb, tie = p_first_better(d, proto.higher_is_better)
-            est = {g: _pooled_stat(proto.kind, data[g], np.arange(len(names_of[g])), full) for g in (a, b)}
-            seeds_a = {seed_of[n]: k for k, n in enumerate(names_of[a])}
-            seeds_b = {seed_of[n]: k for k, n in enumerate(names_of[b])}
-            common = sorted(s for s in seeds_a if s in seeds_b and s is not None)
-            per_seed = {str(s): _pooled_stat(proto.kind, data[a], np.array([seeds_a[s]]), full)
-                        - _pooled_stat(proto.kind, data[b], np.array([seeds_b[s]]), full) for s in common}
-            t_lo, t_hi = _t_interval(list(per_seed.values()), level)
-            row = {"metric": key, "label": proto.label, "higher_is_better": proto.higher_is_better, "a": a, "b": b,
-                   "estimate": est[a] - est[b], "lo": lo, "hi": hi, "lo_pooled": plo, "hi_pooled": phi,
-                   "p": bootstrap_p(d), "p_a_better": pb, "p_tie": tie, "per_seed": per_seed,
-                   "t_lo": t_lo, "t_hi": t_hi, "n_items": len(items),
-                   "n_seeds": [len(names_of[a]), len(names_of[b])]}
-            if proto.binary and common:
-                row["mcnemar"] = mcnemar_exact(data[a][[seeds_a[s] for s in common]],
-                                               data[b][[seeds_b[s] for s in common]])
+            row, d = _difference_row(key, proto, a, b, data, boots, pooled, names_of, seed_of, full, level)
             out_diffs.append(row)
             draws[(key, a, b)] = d
         for a, b in prim:  # primary comparisons not among the reported ones still need their resamples
@@ -476,6 +432,69 @@ def bootstrap_table(run_dir: str | Path, *, n_boot: int = 2000, seed: int = 1337
                        "lo_pooled/hi_pooled: items only, seeds pooled"}
     stats["primary"] = primary_tests(stats, draws, prim, level=level)
     return stats
+
+
+def _group_resamples(key, proto, per_model, groups, order, seed_of, items, all_seeds, idx, seed_draw, rng, n_boot,
+                     level):
+    """One metric: each group's per-model item values (``data``), its two-level (``boots``) and items-only
+    (``pooled``) bootstrap statistics, and its output rows. ``rng`` is drawn from only for groups without the shared
+    seeds, in group order, so the draws do not depend on which other metrics exist."""
+    full = np.arange(len(items))
+    rows_out, data, boots, pooled, names_of = [], {}, {}, {}, {}
+    for g in order:
+        names = [n for n in groups[g] if key in per_model[n]]
+        if not names:
+            continue
+        names_of[g] = names
+        if proto.kind in ("ece", "auroc"):
+            pairs = [[per_model[n][key].values[i] for i in items] for n in names]
+            data[g] = (np.array([[c for c, _ in row] for row in pairs], float),
+                       np.array([[float(k) for _, k in row] for row in pairs], float))
+        else:
+            data[g] = np.array([[per_model[n][key].values[i] for i in items] for n in names], float)
+        own = [seed_of[n] for n in names]
+        if len(names) > 1 and sorted(own) == all_seeds:
+            # the shared seed draw: a resampled seed brings this group's model of that seed
+            rows = np.array([own.index(s) for s in all_seeds])[seed_draw]
+        else:  # a group without the shared seeds (base, a one-seed sweep point) resamples its own models
+            rows = rng.integers(0, len(names), size=(n_boot, len(names)))
+        boots[g] = _boot(proto.kind, data[g], rows, idx)
+        pooled[g] = _boot(proto.kind, data[g], np.tile(np.arange(len(names)), (n_boot, 1)), idx)
+        lo, hi = _percentiles(boots[g], level)
+        plo, phi = _percentiles(pooled[g], level)
+        rows_out.append({
+            "metric": key, "label": proto.label, "higher_is_better": proto.higher_is_better, "group": g,
+            "estimate": _pooled_stat(proto.kind, data[g], np.arange(len(names)), full), "lo": lo, "hi": hi,
+            "lo_pooled": plo, "hi_pooled": phi,
+            "per_seed": {str(seed_of[n]): _pooled_stat(proto.kind, data[g], np.array([k]), full)
+                         for k, n in enumerate(names)},
+            "n_items": len(items), "n_seeds": len(names)})
+    return rows_out, data, boots, pooled, names_of
+
+
+def _difference_row(key, proto, a, b, data, boots, pooled, names_of, seed_of, full, level) -> tuple[dict, np.ndarray]:
+    """The paired difference a − b of one metric: estimate, two-level and items-only intervals, bootstrap p,
+    per-seed differences with their t-interval, exact McNemar for binary metrics; and the resampled differences."""
+    d, dp = boots[a] - boots[b], pooled[a] - pooled[b]
+    lo, hi = _percentiles(d, level)
+    plo, phi = _percentiles(dp, level)
+    pb, tie = p_first_better(d, proto.higher_is_better)
+    est = {g: _pooled_stat(proto.kind, data[g], np.arange(len(names_of[g])), full) for g in (a, b)}
+    seeds_a = {seed_of[n]: k for k, n in enumerate(names_of[a])}
+    seeds_b = {seed_of[n]: k for k, n in enumerate(names_of[b])}
+    common = sorted(s for s in seeds_a if s in seeds_b and s is not None)
+    per_seed = {str(s): _pooled_stat(proto.kind, data[a], np.array([seeds_a[s]]), full)
+                - _pooled_stat(proto.kind, data[b], np.array([seeds_b[s]]), full) for s in common}
+    t_lo, t_hi = _t_interval(list(per_seed.values()), level)
+    row = {"metric": key, "label": proto.label, "higher_is_better": proto.higher_is_better, "a": a, "b": b,
+           "estimate": est[a] - est[b], "lo": lo, "hi": hi, "lo_pooled": plo, "hi_pooled": phi,
+           "p": bootstrap_p(d), "p_a_better": pb, "p_tie": tie, "per_seed": per_seed,
+           "t_lo": t_lo, "t_hi": t_hi, "n_items": len(full),
+           "n_seeds": [len(names_of[a]), len(names_of[b])]}
+    if proto.binary and common:
+        row["mcnemar"] = mcnemar_exact(data[a][[seeds_a[s] for s in common]],
+                                       data[b][[seeds_b[s] for s in common]])
+    return row, d
 
 
 def primary_tests(stats: dict, draws: dict, comparisons: list[tuple[str, str]], *, level: float = 0.95,
