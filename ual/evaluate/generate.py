@@ -119,6 +119,33 @@ def _done_ids(path: Path, settings: dict) -> set[str]:
     return done
 
 
+def _check_generation_args(template, batch_size, n, max_new_tokens, temperature, top_p, top_k, do_sample) -> None:
+    if template not in TEMPLATES:
+        raise InputError(None, None, "template", f"must be one of {TEMPLATES}, got {template!r}")
+    for name, value, ok in (("batch_size", batch_size, batch_size >= 1), ("n", n, n >= 1),
+                            ("max_new_tokens", max_new_tokens, max_new_tokens >= 1),
+                            ("temperature", temperature, temperature > 0), ("top_p", top_p, 0 < top_p <= 1),
+                            ("top_k", top_k, top_k >= 0)):
+        if not ok:
+            raise InputError(None, None, name, f"invalid value {value!r}")
+    if n > 1 and not do_sample:
+        raise InputError(None, None, "n", "greedy decoding gives one output per prompt; set do_sample for n > 1")
+
+
+def _decode_new_tokens(tok, new_ids: list[list[int]]) -> tuple[list[str], list[int], list[bool]]:
+    """Per generated sequence: its text up to the first EOS (special tokens dropped), its token count up to there,
+    and whether it stopped at EOS (``False``: it ran out of ``max_new_tokens``)."""
+    texts, lengths, finished = [], [], []
+    for ids in new_ids:
+        stopped = tok.eos_token_id in ids
+        if stopped:
+            ids = ids[:ids.index(tok.eos_token_id)]
+        finished.append(stopped)
+        lengths.append(len(ids))
+        texts.append(tok.decode(ids, skip_special_tokens=True))
+    return texts, lengths, finished
+
+
 def generate(model: Any, records: Sequence[Record | dict], output_path: str | Path, *, adapter: str | None = None,
              template: str = "chat", batch_size: int = 8, max_new_tokens: int = 256, do_sample: bool = False,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, n: int = 1, seed: int = 1337,
@@ -134,16 +161,7 @@ def generate(model: Any, records: Sequence[Record | dict], output_path: str | Pa
     from tqdm.auto import tqdm
     from transformers import GenerationConfig, LogitsProcessorList
 
-    if template not in TEMPLATES:
-        raise InputError(None, None, "template", f"must be one of {TEMPLATES}, got {template!r}")
-    for name, value, ok in (("batch_size", batch_size, batch_size >= 1), ("n", n, n >= 1),
-                            ("max_new_tokens", max_new_tokens, max_new_tokens >= 1),
-                            ("temperature", temperature, temperature > 0), ("top_p", top_p, 0 < top_p <= 1),
-                            ("top_k", top_k, top_k >= 0)):
-        if not ok:
-            raise InputError(None, None, name, f"invalid value {value!r}")
-    if n > 1 and not do_sample:
-        raise InputError(None, None, "n", "greedy decoding gives one output per prompt; set do_sample for n > 1")
+    _check_generation_args(template, batch_size, n, max_new_tokens, temperature, top_p, top_k, do_sample)
     recs = _as_records(records)
     output_path = Path(output_path)
     mdl, tok, name = resolve_model(model, adapter, dtype)
@@ -176,16 +194,7 @@ def generate(model: Any, records: Sequence[Record | dict], output_path: str | Pa
                 procs.append(_RowSampler(gens, temperature, top_k, top_p))
             gen = mdl.generate(input_ids=input_ids.to(mdl.device), attention_mask=mask.to(mdl.device),
                                generation_config=gen_cfg, logits_processor=procs)
-            new = gen[:, input_ids.shape[1]:].cpu().tolist()
-            texts, lengths, finished = [], [], []
-            for ids in new:
-                if tok.eos_token_id in ids:
-                    ids = ids[:ids.index(tok.eos_token_id)]
-                    finished.append(True)
-                else:
-                    finished.append(False)
-                lengths.append(len(ids))
-                texts.append(tok.decode(ids, skip_special_tokens=True))
+            texts, lengths, finished = _decode_new_tokens(tok, gen[:, input_ids.shape[1]:].cpu().tolist())
             for j, r in enumerate(chunk):
                 sl = slice(j * n, (j + 1) * n)
                 row = {"id": r.id, "prompt": tok.decode(prompts[r.id]),
